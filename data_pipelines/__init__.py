@@ -1,0 +1,1 @@
+"""Everything between raw files and a training batch (see DESIGN.md section 2)."""

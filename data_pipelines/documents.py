@@ -1,0 +1,192 @@
+"""Records to Documents: decoded pixels plus one token stream with image placeholder runs.
+
+A `Document` is what the packer consumes: `tokens` int32 [T] where each image is a run of
+exactly K `<image>` ids (K = the connector's token count), and `images` uint8 [N, S, S, 3]
+holding the N images in the order of their runs. Layouts, with K image ids written <img>*K:
+
+    captions     [bos] <img>*K caption [eos]
+    interleaved  [bos] part part ... [eos]      image -> <img>*K, text -> its tokens
+    text         [bos] text [eos]
+
+A record that cannot be used (an image that does not decode, empty text, no tokens, an
+interleaved document without parts) becomes a `Skipped` marker rather than an exception,
+so that the pipeline can count it. `encode_parts` is the same encoding for a user's list of
+strings and images at inference time; there bad input is the caller's error and raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Sequence
+from typing import Any, Union
+
+import grain
+import numpy as np
+from PIL import Image, ImageOps
+
+
+@dataclasses.dataclass(frozen=True)
+class Document:
+  """One tokenised document: tokens int32 [T] and its images uint8 [N, S, S, 3]."""
+  tokens: np.ndarray
+  images: np.ndarray
+
+  @property
+  def num_images(self) -> int:
+    return int(self.images.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+  """Marks a record that could not be turned into a Document, and why."""
+  reason: str
+
+
+Part = Union[str, Image.Image, np.ndarray, bytes]
+
+
+def load_image(image: Image.Image | np.ndarray | bytes, image_size: int) -> np.ndarray:
+  """Decodes and fits an image to uint8 [S, S, 3]: shorter side resized to S, centre crop.
+
+  Raises ValueError (or PIL's OSError) when the bytes are not a complete image.
+  """
+  if isinstance(image, (bytes, bytearray, memoryview)):
+    if not image:
+      raise ValueError('empty image bytes')
+    pil = Image.open(io.BytesIO(bytes(image)))
+    # Lets JPEG decode at a reduced scale that still covers image_size: much faster.
+    pil.draft('RGB', (image_size, image_size))
+    pil.load()  # Forces the full decode so that truncated files fail here.
+  elif isinstance(image, np.ndarray):
+    array = image
+    if array.ndim == 2:
+      array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+      raise ValueError(f'expected an image array [H, W, 3], got shape {array.shape}')
+    if array.dtype != np.uint8:
+      raise ValueError(f'expected a uint8 image array, got {array.dtype}')
+    pil = Image.fromarray(array)
+  elif isinstance(image, Image.Image):
+    pil = image
+  else:
+    raise ValueError(f'not an image: {type(image).__name__}')
+  pil = pil.convert('RGB')
+  if pil.width == 0 or pil.height == 0:
+    raise ValueError('image has no pixels')
+  fitted = ImageOps.fit(pil, (image_size, image_size), method=Image.Resampling.BICUBIC)
+  return np.asarray(fitted, dtype=np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentEncoder:
+  """Holds what encoding needs: the tokenizer, the image size and the placeholder run."""
+  tokenizer: Any
+  image_size: int
+  num_image_tokens: int
+  image_token_id: int
+
+  def text_tokens(self, text: str) -> list[int]:
+    ids = self.tokenizer.encode(text)
+    # Text must never forge a placeholder: it would shift every image after it.
+    return [self.tokenizer.unk_id if i == self.image_token_id else int(i) for i in ids]
+
+  def image_run(self) -> list[int]:
+    return [self.image_token_id] * self.num_image_tokens
+
+  def no_images(self) -> np.ndarray:
+    return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+
+  def assemble(self, parts: Sequence[Part], *, add_bos: bool, add_eos: bool) -> Document:
+    """Encodes text and image parts in order; consecutive texts are joined by one space."""
+    tokens = [self.tokenizer.bos_id] if add_bos else []
+    images = []
+    pending_text: list[str] = []
+
+    def flush_text():
+      if pending_text:
+        tokens.extend(self.text_tokens(' '.join(pending_text)))
+        pending_text.clear()
+
+    for part in parts:
+      if isinstance(part, str):
+        if part.strip():
+          pending_text.append(part.strip())
+      else:
+        flush_text()
+        images.append(load_image(part, self.image_size))
+        tokens.extend(self.image_run())
+    flush_text()
+    if add_eos:
+      tokens.append(self.tokenizer.eos_id)
+    pixels = np.stack(images) if images else self.no_images()
+    return Document(tokens=np.asarray(tokens, np.int32), images=pixels)
+
+
+def encode_parts(parts: Sequence[Part], tokenizer, *, image_size: int, num_image_tokens: int,
+                 image_token_id: int = 4, add_bos: bool = True,
+                 add_eos: bool = False) -> Document:
+  """A user's list of strings and images (PIL, uint8 array or encoded bytes) -> Document.
+
+  For inference: a prompt usually leaves add_eos False so that generation continues it.
+  Raises ValueError for parts that are neither text nor a decodable image.
+  """
+  encoder = DocumentEncoder(tokenizer, image_size, num_image_tokens, image_token_id)
+  return encoder.assemble(parts, add_bos=add_bos, add_eos=add_eos)
+
+
+def _has_text_tokens(document: Document, encoder: DocumentEncoder, bos_eos: int) -> bool:
+  return len(document.tokens) - bos_eos - document.num_images * encoder.num_image_tokens > 0
+
+
+class RecordToDocument(grain.transforms.Map):
+  """grain Map: a source record of one kind -> Document, or Skipped when unusable."""
+
+  def __init__(self, kind: str, tokenizer, *, image_size: int, num_image_tokens: int,
+               image_token_id: int):
+    if kind not in ('captions', 'interleaved', 'text'):
+      raise ValueError(f'unknown record kind {kind!r} (captions, interleaved, text)')
+    self.kind = kind
+    self.encoder = DocumentEncoder(tokenizer, image_size, num_image_tokens, image_token_id)
+
+  def map(self, record: dict) -> Document | Skipped:
+    try:
+      return getattr(self, f'_{self.kind}')(record)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+      # PIL signals undecodable or truncated data with these; anything else is a bug.
+      return Skipped(f'{self.kind} record {record.get("id")!r}: {error}')
+
+  def _captions(self, record: dict) -> Document | Skipped:
+    caption = (record.get('caption') or '').strip()
+    if not caption:
+      return Skipped(f'caption record {record.get("id")!r}: empty caption')
+    document = self.encoder.assemble([record['image'], caption], add_bos=True, add_eos=True)
+    if not _has_text_tokens(document, self.encoder, 2):
+      return Skipped(f'caption record {record.get("id")!r}: caption has no tokens')
+    return document
+
+  def _interleaved(self, record: dict) -> Document | Skipped:
+    parts: list[Part] = []
+    texts, images = record.get('texts') or [], record.get('images') or []
+    for i in range(max(len(texts), len(images))):
+      text = texts[i] if i < len(texts) else None
+      image = images[i] if i < len(images) else None
+      if image:
+        parts.append(image)
+      elif text and text.strip():
+        parts.append(text)
+    if not parts:
+      return Skipped(f'interleaved record {record.get("id")!r}: no parts')
+    document = self.encoder.assemble(parts, add_bos=True, add_eos=True)
+    if len(document.tokens) <= 2:
+      return Skipped(f'interleaved record {record.get("id")!r}: no tokens')
+    return document
+
+  def _text(self, record: dict) -> Document | Skipped:
+    text = (record.get('text') or '').strip()
+    if not text:
+      return Skipped(f'text record {record.get("id")!r}: empty text')
+    document = self.encoder.assemble([text], add_bos=True, add_eos=True)
+    if len(document.tokens) <= 2:
+      return Skipped(f'text record {record.get("id")!r}: no tokens')
+    return document

@@ -1,0 +1,74 @@
+"""MM1: ViT -> connector -> image tokens scattered into the decoder's input embeddings.
+
+Image scatter (static shapes, no loops over data). The images of a row [b, m, ...] become
+m*K embeddings [b, m*K, d] in slot order. A position whose token is `image_token_id`
+takes embedding number r, where r is its rank among the image positions of its row
+(cumulative count - 1). So the k-th run of K image ids in a row is image slot k — the
+data pipeline guarantees one run of exactly K ids per valid image, in slot order.
+Defensive choices when that invariant is broken: an image position whose slot is not
+valid (`image_valid` False) or whose rank is beyond the m*K available embeddings gets a
+zero embedding (never another image's, never NaN).
+
+Einsum letters: none (the assembly only gathers and selects).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mm1_jax.models.connectors import make_connector
+from mm1_jax.models.decoder import ACTIVATION_NAMES, Decoder
+from mm1_jax.models.vit import ViT
+from mm1_jax.parallel.rules import constrain
+
+
+class MM1(nnx.Module):
+  """The multimodal decoder; `config` is the full ConfigDict (uses config.model.*)."""
+
+  def __init__(self, config, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    model = config.model
+    if model.moe.num_experts:
+      raise NotImplementedError('model.moe.num_experts > 0: MoE decoders are not available yet')
+    self.image_token_id = int(model.image_token_id)
+    self.num_image_tokens = int(model.connector.num_tokens)
+    self.vit = ViT(model.vit, rngs=rngs, dtype=dtype)
+    self.connector = make_connector(model, rngs=rngs, dtype=dtype)
+    self.decoder = Decoder(model.decoder, rngs=rngs, dtype=dtype)
+    self.dtype = dtype
+
+  def image_features(self, images: jax.Array) -> jax.Array:
+    """uint8 [n, H, W, 3] -> the ViT output the connector consumes [n, P(+1), width]."""
+    return self.vit(images)
+
+  def embed_images(self, images: jax.Array) -> jax.Array:
+    """uint8 [n, H, W, 3] -> image tokens [n, K, d_model]."""
+    return self.connector(self.image_features(images))
+
+  def scatter_images(self, text_embeddings: jax.Array, tokens: jax.Array,
+                     images: jax.Array, image_valid: jax.Array) -> jax.Array:
+    """Replaces the embeddings at image positions by the row's image tokens, in order."""
+    batch, slots = images.shape[:2]
+    image_tokens = self.embed_images(images.reshape(batch * slots, *images.shape[2:]))
+    image_tokens = image_tokens * image_valid.reshape(batch * slots, 1, 1).astype(image_tokens.dtype)
+    available = slots * self.num_image_tokens
+    image_tokens = image_tokens.reshape(batch, available, -1).astype(text_embeddings.dtype)
+    is_image = tokens == self.image_token_id
+    rank = jnp.cumsum(is_image, axis=1, dtype=jnp.int32) - 1
+    gathered = jnp.take_along_axis(image_tokens, jnp.clip(rank, 0, available - 1)[..., None],
+                                   axis=1)
+    use = is_image & (rank < available)
+    return constrain(jnp.where(use[..., None], gathered, text_embeddings), ACTIVATION_NAMES)
+
+  def __call__(self, batch) -> tuple[jax.Array, dict]:
+    """batch (the DESIGN.md contract) -> (float32 logits [b, l, v], aux scalars)."""
+    tokens = batch['tokens']
+    x = self.decoder.embed_tokens(tokens)
+    if 'images' in batch and batch['images'].shape[1] > 0:
+      image_valid = batch.get('image_valid')
+      if image_valid is None:
+        image_valid = jnp.ones(batch['images'].shape[:2], jnp.bool_)
+      x = self.scatter_images(x, tokens, batch['images'], image_valid)
+    logits = self.decoder(x, batch['segment_ids'], batch['positions'])
+    return logits, {}

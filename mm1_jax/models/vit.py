@@ -1,0 +1,122 @@
+"""CLIP-style Vision Transformer: the image encoder.
+
+uint8 images [n, H, W, 3] are normalised on device with the CLIP mean/std, cut into
+patches (reshape + dense, equivalent to CLIP's stride-p convolution without bias), given
+an optional class token and learned position embeddings, normalised once
+("pre_layrnorm", as CLIP names it), passed through pre-norm blocks (MHA + MLP) and
+normalised by a final LayerNorm.
+
+`feature_layer` indexes the hidden states as CLIP/LLaVA do: state 0 is the embedding
+output, state i the output of block i, so -1 is the last block and -2 the penultimate.
+Blocks after the selected one would never run, so they are not built (an importer of
+CLIP weights drops them); the final LayerNorm is applied to the selected state.
+
+Einsum letters: n images, p patches, c pixels per patch (p*p*3), d width, f mlp.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mm1_jax.models import layers
+from mm1_jax.models.attention import Attention
+from mm1_jax.parallel.rules import constrain
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ACTIVATION_NAMES = ('batch', 'image_patches', 'activation_embed')
+
+
+def normalize_pixels(images: jax.Array) -> jax.Array:
+  """uint8 [..., 3] -> float32, CLIP-normalised."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
+
+
+def num_blocks(depth: int, feature_layer: int) -> int:
+  """How many blocks run to produce hidden state `feature_layer` (of depth + 1 states)."""
+  index = feature_layer if feature_layer >= 0 else depth + 1 + feature_layer
+  if not 0 <= index <= depth:
+    raise ValueError(f'model.vit.feature_layer={feature_layer} is out of range for '
+                     f'model.vit.depth={depth} (hidden states -{depth + 1}..{depth})')
+  return index
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, width: int, mlp_dim: int, activation: str, *, rngs, dtype):
+    self.up = layers.Dense(width, mlp_dim, names=('embed', 'mlp'), use_bias=True,
+                           rngs=rngs, dtype=dtype)
+    self.down = layers.Dense(mlp_dim, width, names=('mlp', 'embed'), use_bias=True,
+                             rngs=rngs, dtype=dtype)
+    self.activation = layers.activation(activation)
+
+  def __call__(self, x):
+    h = constrain(self.activation(self.up(x)), ('batch', 'image_patches', 'mlp'))
+    return self.down(h)
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+  def __init__(self, vit_config, *, rngs: nnx.Rngs, dtype):
+    c = vit_config
+    self.attention_norm = layers.LayerNorm(c.width, eps=c.norm_eps, rngs=rngs, dtype=dtype)
+    self.attention = Attention(c.width, c.num_heads, use_bias=True, rngs=rngs, dtype=dtype)
+    self.mlp_norm = layers.LayerNorm(c.width, eps=c.norm_eps, rngs=rngs, dtype=dtype)
+    self.mlp = MLP(c.width, c.mlp_dim, c.activation, rngs=rngs, dtype=dtype)
+
+  def __call__(self, x):
+    x = x + self.attention(self.attention_norm(x))
+    x = constrain(x, ACTIVATION_NAMES)
+    x = x + self.mlp(self.mlp_norm(x))
+    return constrain(x, ACTIVATION_NAMES)
+
+
+class ViT(nnx.Module):
+  """uint8 [n, H, W, 3] -> features [n, P (+1 with the class token first), width]."""
+
+  def __init__(self, vit_config, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    c = vit_config
+    if c.image_size % c.patch_size:
+      raise ValueError(f'model.vit.image_size={c.image_size} is not a multiple of '
+                       f'model.vit.patch_size={c.patch_size}')
+    self.patch_size = c.patch_size
+    self.grid = c.image_size // c.patch_size
+    self.use_class_token = bool(c.use_class_token)
+    num_positions = self.grid * self.grid + int(self.use_class_token)
+    self.patch_embedding = layers.Dense(c.patch_size * c.patch_size * 3, c.width,
+                                        names=('patch_pixels', 'embed'), rngs=rngs, dtype=dtype)
+    normal = nnx.initializers.normal(c.width ** -0.5)
+    self.class_token = (layers.param(rngs, normal, (c.width,), ('embed',))
+                        if self.use_class_token else None)
+    self.position_embedding = layers.param(rngs, normal, (num_positions, c.width),
+                                           ('image_patches', 'embed'))
+    self.pre_norm = layers.LayerNorm(c.width, eps=c.norm_eps, rngs=rngs, dtype=dtype)
+    self.blocks = nnx.List([Block(c, rngs=rngs, dtype=dtype)
+                            for _ in range(num_blocks(c.depth, c.feature_layer))])
+    self.final_norm = layers.LayerNorm(c.width, eps=c.norm_eps, rngs=rngs, dtype=dtype)
+    self.dtype = dtype
+
+  def patchify(self, images: jax.Array) -> jax.Array:
+    """[n, H, W, 3] -> [n, grid*grid, p*p*3], patches in row-major grid order."""
+    n, height, width, channels = images.shape
+    p, g = self.patch_size, self.grid
+    if height != g * p or width != g * p:
+      raise ValueError(f'images are {height}x{width}, the ViT expects {g * p}x{g * p}')
+    x = images.reshape(n, g, p, g, p, channels).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, g * g, p * p * channels)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    x = self.patch_embedding(self.patchify(normalize_pixels(images)))
+    if self.class_token is not None:
+      cls = jnp.broadcast_to(self.class_token[...].astype(self.dtype), (x.shape[0], 1, x.shape[-1]))
+      x = jnp.concatenate([cls, x], axis=1)
+    x = x + self.position_embedding[...].astype(self.dtype)
+    x = constrain(self.pre_norm(x), ACTIVATION_NAMES)
+    for block in self.blocks:
+      x = block(x)
+    return self.final_norm(x)

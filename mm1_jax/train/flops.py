@@ -1,0 +1,76 @@
+"""Model FLOPs per step and the peak they are measured against (for MFU).
+
+Training FLOPs are 3x the forward FLOPs (forward + two backward matmuls). Forward:
+2 FLOPs per parameter per token for every matmul weight, plus attention scores and
+values (2 x 2 x length x width per token and layer; causal masking is not discounted,
+the common convention). This is an estimate: the model issue refines it per part.
+
+The peak is the chip's published dense bf16 rate where it is known, and on CPU the
+measured rate of a large float32 matmul in this same process, so a CPU MFU says how close
+the step comes to what this machine's matmul achieves.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
+KNOWN_PEAKS = {
+    'NVIDIA H200': 989e12,
+    'NVIDIA H100': 989e12,
+    'NVIDIA A100': 312e12,
+    'TPU v4': 275e12,
+    'TPU v5 lite': 197e12,
+    'TPU v5e': 197e12,
+    'TPU v5p': 459e12,
+    'TPU v5': 459e12,
+    'TPU v6 lite': 918e12,
+    'TPU v6e': 918e12,
+}
+
+
+def _count(tree) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+def train_flops_per_step(config, params, *, num_images: float) -> float:
+  """Estimated training FLOPs of one step of `config.train.batch_size` rows."""
+  vit_cfg, dec_cfg, data = config.model.vit, config.model.decoder, config.data
+  vit_params = _count(params.get('vit', {}))
+  connector_params = _count(params.get('connector', {}))
+  decoder_params = _count(params.get('decoder', {}))
+  embed = dec_cfg.vocab_size * dec_cfg.d_model
+  # The input embedding is a gather, not a matmul; a tied table is still used by the head.
+  decoder_matmul = decoder_params - (0 if dec_cfg.tie_embeddings else embed)
+  tokens = config.train.batch_size * data.seq_len
+  patches = (vit_cfg.image_size // vit_cfg.patch_size) ** 2
+  forward = 2 * decoder_matmul * tokens
+  forward += 4 * dec_cfg.num_layers * data.seq_len * dec_cfg.d_model * tokens
+  forward += num_images * (2 * vit_params * patches + 4 * vit_cfg.depth * patches ** 2 * vit_cfg.width)
+  forward += num_images * 2 * connector_params * patches
+  return 3.0 * forward
+
+
+def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
+  """FLOP/s of a float32 [size, size] matmul on the default device, best of `repeats`."""
+  x = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(x).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(x).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size ** 3 / best
+
+
+def peak_flops_per_device() -> tuple[float, str]:
+  """(peak FLOP/s of one device, where the number comes from)."""
+  device = jax.devices()[0]
+  for prefix, peak in KNOWN_PEAKS.items():
+    if device.device_kind.startswith(prefix):
+      return peak, f'{prefix} bf16 peak'
+  return measured_matmul_flops(), f'measured f32 matmul on {device.platform}'

@@ -1,0 +1,290 @@
+"""The training loop: set-up, resume, steps, logging, checkpoints, summary.
+
+`train(config, workdir)` is what `python -m mm1_jax.train` runs. Re-running it on the same
+workdir resumes from the latest complete checkpoint, data position included. SIGTERM (a
+preemption notice) and `train.max_runtime` make it finish the current step, save, wait for
+the save to be durable and return normally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from data_pipelines import grain_pipeline
+from mm1_jax import config_lib
+from mm1_jax.parallel import mesh as mesh_lib
+from mm1_jax.parallel import rules
+from mm1_jax.train import checkpoint as checkpoint_lib
+from mm1_jax.train import flops as flops_lib
+from mm1_jax.train import logging_lib
+from mm1_jax.train import optimizer as optimizer_lib
+from mm1_jax.train import state as state_lib
+from mm1_jax.train import step as step_lib
+
+TOKENIZER_FILE = 'tokenizer.model'
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradient norm became NaN/inf and train.on_nonfinite is 'stop'."""
+
+
+@dataclasses.dataclass
+class Summary:
+  workdir: str
+  steps: int
+  start_step: int
+  seconds: float
+  first_loss: float | None
+  final_loss: float | None
+  final_source_loss: dict[str, float]
+  checkpoints: list[int]
+  skipped_records: int
+  stopped_early: str | None = None
+
+  def describe(self) -> str:
+    lines = [f'trained steps {self.start_step} -> {self.steps} in {self.seconds:.1f} s'
+             + (f' (stopped early: {self.stopped_early})' if self.stopped_early else '')]
+    if self.first_loss is not None and self.final_loss is not None:
+      lines.append(f'loss: first logged {self.first_loss:.4f}, final {self.final_loss:.4f}')
+    for name, value in self.final_source_loss.items():
+      lines.append(f'  loss/{name}: {value:.4f}')
+    lines.append(f'skipped data records: {self.skipped_records}')
+    lines.append(f'checkpoints: {os.path.join(self.workdir, "checkpoints")} steps {self.checkpoints}')
+    lines.append(f'metrics: {os.path.join(self.workdir, "metrics.jsonl")}')
+    return '\n'.join(lines)
+
+
+def _write_json_atomic(path: str, payload: str) -> None:
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(payload)
+  os.replace(tmp, path)
+
+
+def prepare_data(config) -> None:
+  """Makes sure the configured data exists (generating the synthetic world if asked)."""
+  root = os.path.expanduser(config.data.root)
+  if config.data.synthetic:
+    from data_pipelines import synthetic
+    synthetic.ensure(root, seed=0)
+  elif root and not os.path.isdir(root):
+    raise FileNotFoundError(f'config.data.root: directory {root} does not exist')
+
+
+def check_tokenizer(config, tokenizer) -> None:
+  dec = config.model.decoder
+  if tokenizer.vocab_size > dec.vocab_size:
+    raise config_lib.ConfigError(
+        f'config.model.decoder.vocab_size: {dec.vocab_size} is smaller than the tokenizer '
+        f'vocabulary ({tokenizer.vocab_size} pieces, {config.data.tokenizer})')
+  if tokenizer.image_token_id != config.model.image_token_id:
+    raise config_lib.ConfigError(
+        f'config.model.image_token_id: {config.model.image_token_id} but the tokenizer maps '
+        f'<image> to {tokenizer.image_token_id}')
+
+
+def batch_shardings(mesh, example_batch: dict) -> dict:
+  """Every batch array is split over its leading (row) dimension along the batch axes."""
+  return {key: NamedSharding(mesh, rules.logical_to_spec(('batch',) + (None,) * (value.ndim - 1)))
+          for key, value in example_batch.items()}
+
+
+def check_batch_divides(config, mesh) -> None:
+  spec = rules.logical_to_spec(('batch',))
+  axes = spec[0] if spec and spec[0] is not None else ()
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  micro = config.train.batch_size // config.train.grad_accum
+  if micro % shards:
+    raise config_lib.ConfigError(
+        f'config.train.batch_size: {config.train.batch_size} rows '
+        f'({micro} per micro-batch) do not divide over {shards} batch shards of the mesh '
+        f'{dict(mesh.shape)}')
+
+
+class _StopFlag:
+  """Set by SIGTERM (preemption) or the runtime budget; checked after every step."""
+
+  def __init__(self, max_runtime: float):
+    self.reason: str | None = None
+    self._deadline = time.monotonic() + max_runtime if max_runtime > 0 else None
+    self._previous = None
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    except ValueError:  # not the main thread: no signal handling
+      pass
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self.reason = 'SIGTERM'
+
+  def check(self) -> str | None:
+    if self.reason is None and self._deadline is not None and time.monotonic() > self._deadline:
+      self.reason = 'train.max_runtime'
+    return self.reason
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _window_metrics(window: list[dict], source_names: list[str], seconds: float,
+                    tokens_per_step: int, flops_per_step: float, peak: float) -> dict:
+  host = jax.device_get(window)
+  out = {}
+  tokens = sum(float(m['text_tokens']) for m in host)
+  out['loss'] = sum(float(m['loss']) * float(m['text_tokens']) for m in host) / max(tokens, 1.0)
+  loss_sum = np.sum([m['source_loss_sum'] for m in host], axis=0)
+  source_tokens = np.sum([m['source_tokens'] for m in host], axis=0)
+  rows = np.sum([m['source_rows'] for m in host], axis=0)
+  for i, name in enumerate(source_names):
+    if source_tokens[i] > 0:
+      out[f'loss/{name}'] = float(loss_sum[i] / source_tokens[i])
+    out[f'data/{name}_fraction'] = float(rows[i] / max(rows.sum(), 1))
+  out['grad_norm'] = float(host[-1]['grad_norm'])
+  out['nonfinite_steps'] = float(sum(int(m['nonfinite']) for m in host))
+  for key in host[-1]:
+    if key.startswith('aux/'):
+      out[key] = float(np.mean([m[key] for m in host]))
+  steps_per_s = len(host) / max(seconds, 1e-9)
+  out['tokens_per_s'] = steps_per_s * tokens_per_step
+  out['mfu'] = steps_per_s * flops_per_step / peak
+  return out
+
+
+def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
+  config_lib.validate(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:
+    _write_json_atomic(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+
+  prepare_data(config)
+  tokenizer = grain_pipeline.load_tokenizer(config)
+  check_tokenizer(config, tokenizer)
+  if is_main:
+    tokenizer_copy = os.path.join(workdir, TOKENIZER_FILE)
+    shutil.copyfile(grain_pipeline.resolve_path(config, config.data.tokenizer),
+                    tokenizer_copy + '.tmp')
+    os.replace(tokenizer_copy + '.tmp', tokenizer_copy)
+  source_names = grain_pipeline.source_names(config)
+
+  mesh = mesh_lib.make_mesh(config.mesh)
+  check_batch_divides(config, mesh)
+  with jax.set_mesh(mesh):
+    # The parameter count (for 'mm1_law') comes from an abstract model: nothing allocated.
+    num_params = state_lib.count_params(config)
+    settings = optimizer_lib.resolve_settings(config, num_params)
+    tx = optimizer_lib.make_optimizer(config, settings)
+    schedule = optimizer_lib.make_schedule(settings)
+    layout = state_lib.make_layout(config, mesh, tx)
+
+    checkpointer = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
+        use_async=bool(config.checkpoint['async']))
+    iterator = grain_pipeline.make_iterator(
+        config, process_index=jax.process_index(), process_count=jax.process_count())
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      state = checkpointer.restore(latest, layout.abstract, iterator)
+      print(f'Resuming from {checkpointer.directory}/{latest}')
+    else:
+      state = state_lib.init_state(config, layout, tx)
+    start_step = int(jax.device_get(state['step']))
+
+    writer = logging_lib.MetricWriter(workdir, tensorboard=config.log.tensorboard, enabled=is_main)
+    peak, peak_source = flops_lib.peak_flops_per_device()
+    total_peak = peak if jax.devices()[0].platform == 'cpu' else peak * jax.device_count()
+    tokens_per_step = config.train.batch_size * config.data.seq_len
+    if is_main:
+      print(f'mm1-jax: {num_params / 1e6:.2f}M parameters, peak lr {settings.peak_lr:.3g}, '
+            f'weight decay {settings.weight_decay:.3g}, mesh {dict(mesh.shape)}, '
+            f'sources {source_names}, MFU against {peak_source}')
+
+    train_step = None
+    stop = _StopFlag(config.train.max_runtime)
+    window, window_images, window_skipped = [], 0.0, 0
+    total_skipped = 0
+    first_loss = final_loss = None
+    final_source_loss: dict[str, float] = {}
+    window_start = time.perf_counter()
+    run_start = time.perf_counter()
+    step = start_step
+    progress = tqdm(total=config.train.steps, initial=start_step, desc='train', unit='step',
+                    disable=not (show_progress and is_main), dynamic_ncols=True)
+    try:
+      while step < config.train.steps:
+        local_batch = next(iterator)
+        skipped = int(np.sum(local_batch.pop('skipped_records', 0)))
+        window_images += float(np.sum(local_batch['image_valid'])) * jax.process_count()
+        if train_step is None:
+          shardings = batch_shardings(mesh, local_batch)
+          train_step = step_lib.jit_train_step(config, layout, shardings, tx, len(source_names))
+        batch = {k: jax.make_array_from_process_local_data(shardings[k], v)
+                 for k, v in local_batch.items()}
+        state, metrics = train_step(state, batch)
+        step += 1
+        window.append(metrics)
+        window_skipped += skipped
+        total_skipped += skipped
+        progress.update(1)
+
+        if step == start_step + 1 or step % config.log.every == 0 or step == config.train.steps:
+          nonfinite = int(jax.device_get(metrics['nonfinite']))
+          if nonfinite and config.train.on_nonfinite == 'stop':
+            raise NonFiniteError(
+                f'step {step}: non-finite loss or gradient (loss={float(metrics["loss"])}, '
+                f'grad_norm={float(metrics["grad_norm"])}); the update was not applied and no '
+                f'checkpoint holds it. Set train.on_nonfinite=skip to skip such steps.')
+          seconds = time.perf_counter() - window_start
+          flops_per_step = flops_lib.train_flops_per_step(
+              config, state['params'], num_images=window_images / len(window))
+          logged = _window_metrics(window, source_names, seconds, tokens_per_step,
+                                   flops_per_step, total_peak)
+          logged['lr'] = float(schedule(step - 1))
+          logged['data/skipped_records'] = float(window_skipped)
+          writer.write(step, logged)
+          if first_loss is None:
+            first_loss = logged['loss']
+          final_loss = logged['loss']
+          final_source_loss = {k[len('loss/'):]: v for k, v in logged.items()
+                               if k.startswith('loss/')}
+          progress.set_postfix(loss=f'{logged["loss"]:.3f}',
+                               tok_s=f'{logged["tokens_per_s"]:.0f}')
+          window, window_images, window_skipped = [], 0.0, 0
+          window_start = time.perf_counter()
+        elif config.train.on_nonfinite == 'stop' and step % 10 == 0:
+          # Cheap periodic check between log steps: one scalar fetched.
+          if int(jax.device_get(metrics['nonfinite'])):
+            raise NonFiniteError(f'step {step}: non-finite loss or gradient')
+
+        reason = stop.check()
+        if (config.checkpoint.every and step % config.checkpoint.every == 0) or reason \
+            or step == config.train.steps:
+          checkpointer.save(step, state, iterator)
+        if reason:
+          break
+      checkpointer.wait()
+    finally:
+      progress.close()
+      stop.restore()
+      checkpointer.close()
+      writer.close()
+
+  return Summary(workdir=workdir, steps=step, start_step=start_step,
+                 seconds=time.perf_counter() - run_start, first_loss=first_loss,
+                 final_loss=final_loss, final_source_loss=final_source_loss,
+                 checkpoints=checkpointer.all_steps(), skipped_records=total_skipped,
+                 stopped_early=stop.reason)
