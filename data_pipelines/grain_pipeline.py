@@ -29,10 +29,17 @@ from data_pipelines.tokenizer import Tokenizer
 
 # Records tried at construction before a source is declared unusable.
 _PROBE_LIMIT = 1000
+# Decode threads and read-ahead per source (and per worker process when num_workers > 0).
+# grain's defaults (16 threads, 500 records ahead per source) mostly fight over the GIL.
+READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=64)
 
 
 def source_names(config) -> list[str]:
-  """Configured sources with weight > 0, in config order; source_id = index here."""
+  """Configured sources with weight > 0, in config order; source_id = index here.
+
+  (A ConfigDict iterates its keys sorted, so the order does not depend on how a config
+  file happens to list them.)
+  """
   return [name for name in config.data.sources if config.data.weights.get(name, 0) > 0]
 
 
@@ -51,13 +58,25 @@ def _ensure_synthetic(config) -> None:
 
 
 def load_tokenizer(config) -> Tokenizer:
+  """The tokenizer at config.data.tokenizer (generating the synthetic world if configured)."""
   _ensure_synthetic(config)
   return Tokenizer(resolve_path(config, config.data.tokenizer))
 
 
-def _source_seed(config, name: str) -> int:
-  # Stable across processes and Python runs (unlike hash()).
+def source_seed(config, name: str) -> int:
+  """The shuffle seed of one source, from config.data.seed and the source's name."""
+  # zlib.crc32 is stable across processes and Python runs (unlike hash()).
   return (int(config.data.seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+
+
+def shuffled_records(records, *, seed: int, process_index: int = 0,
+                     process_count: int = 1) -> grain.MapDataset:
+  """The infinite record order of one process: shuffled, reshuffled each epoch, sliced."""
+  return (grain.MapDataset.source(records)
+          .seed(seed)
+          .shuffle()
+          .repeat()  # infinite; each epoch shuffled anew
+          [process_index::process_count])
 
 
 def _workers_per_source(config, name: str) -> int:
@@ -68,6 +87,14 @@ def _workers_per_source(config, name: str) -> int:
   total = sum(config.data.weights[n] for n in names)
   share = config.data.num_workers * config.data.weights[name] / total
   return max(1, int(round(share)))
+
+
+def _allow_grain_flags() -> None:
+  # grain's worker processes read absl flags; outside an absl app (tests, notebooks,
+  # mm1_jax.load) nothing parsed them, so accept their defaults.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 def _open_checked(config, name: str):
@@ -95,7 +122,8 @@ def _check_usable(source, to_document, where: str) -> None:
 
 
 def _source_rows(config, name: str, source_id: int, tokenizer, *, process_index: int,
-                 process_count: int) -> grain.IterDataset:
+                 process_count: int,
+                 read_options: grain.ReadOptions = READ_OPTIONS) -> grain.IterDataset:
   source, where = _open_checked(config, name)
   to_document = RecordToDocument(
       config.data.sources[name].kind, tokenizer, image_size=config.model.vit.image_size,
@@ -103,14 +131,12 @@ def _source_rows(config, name: str, source_id: int, tokenizer, *, process_index:
       image_token_id=config.model.image_token_id)
   _check_usable(source, to_document, where)
 
-  records = (grain.MapDataset.source(source)
-             .seed(_source_seed(config, name))
-             .shuffle()
-             .repeat()  # infinite; each epoch shuffled anew
-             [process_index::process_count])
-  documents = records.map(to_document).to_iter_dataset()
+  records = shuffled_records(source, seed=source_seed(config, name),
+                             process_index=process_index, process_count=process_count)
+  documents = records.map(to_document).to_iter_dataset(read_options)
   num_workers = _workers_per_source(config, name)
   if num_workers:
+    _allow_grain_flags()
     documents = documents.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   rows = packing.pack_documents(
       documents, seq_len=config.data.seq_len, max_images=config.data.max_images,
@@ -144,7 +170,6 @@ def make_dataset(config, *, process_index: int = 0, process_count: int = 1) -> g
   if config.train.batch_size % process_count:
     raise ValueError(f'config.train.batch_size={config.train.batch_size} is not divisible by '
                      f'the process count {process_count}')
-  _ensure_synthetic(config)
   names = source_names(config)
   if not names:
     raise ValueError('config.data.weights: no source has a weight > 0')

@@ -88,6 +88,7 @@ class _ChunkDocumentsIterator(grain.DatasetIterator):
     self._source_name = source_name
     self._chunks: list[Document] = []
     self._next_chunk = 0
+    self._image_shape = None  # (S, S, 3), learnt from the first document
     self._document_state = None  # parent state just before the current document
     self._skipped_before_document = 0  # Skipped markers read before the current document
     self._pending_skipped = 0  # Skipped markers read since the current document
@@ -96,7 +97,14 @@ class _ChunkDocumentsIterator(grain.DatasetIterator):
     consecutive = 0
     while True:
       state = self._parent.get_state()
-      element = next(self._parent)
+      try:
+        element = next(self._parent)
+      except StopIteration:
+        if not self._pending_skipped or self._image_shape is None:
+          raise
+        # A finite stream that ends in skips: an empty chunk still carries their count.
+        element = Document(tokens=np.zeros(0, np.int32),
+                           images=np.zeros((0, *self._image_shape), np.uint8))
       if not isinstance(element, Skipped):
         break
       self._pending_skipped += 1
@@ -105,6 +113,7 @@ class _ChunkDocumentsIterator(grain.DatasetIterator):
         raise RuntimeError(f'data source {self._source_name!r}: {consecutive} unusable records '
                            f'in a row (the last: {element.reason})')
     self._document_state = state
+    self._image_shape = element.images.shape[1:]
     self._chunks = split_document(element, **self._split_kwargs)
     self._next_chunk = 0
     self._skipped_before_document = self._pending_skipped

@@ -4,7 +4,7 @@ Fixed ids: pad 0, unk 1, bos 2, eos 3, and the image placeholder `<image>` at 4 
 in a sequence is a run of K such ids, see DESIGN.md section 2). A model whose ids differ is
 refused at load time, so a foreign tokenizer can never silently shift the placeholders.
 
-Training uses identity normalisation and keeps whitespace as it is, so that
+Training (BPE) uses identity normalisation and keeps whitespace as it is, so that
 `decode(encode(text)) == text` for ordinary text; byte fallback makes every string
 encodable, even with a vocabulary trained on a tiny corpus.
 """
@@ -122,7 +122,7 @@ def vocab_path_for(model_path: str) -> str:
 
 
 def train_tokenizer(texts: Iterable[str], model_path: str, vocab_size: int) -> Tokenizer:
-  """Trains a unigram SentencePiece model on `texts` and writes it to `model_path`.
+  """Trains a BPE SentencePiece model on `texts` and writes it to `model_path`.
 
   The resulting vocabulary may be smaller than `vocab_size` on a small corpus (never
   larger). The `.vocab` listing is written beside the model. Both files appear atomically.
@@ -136,7 +136,7 @@ def train_tokenizer(texts: Iterable[str], model_path: str, vocab_size: int) -> T
   spm.SentencePieceTrainer.train(
       sentence_iterator=_lines(texts),
       model_writer=model,
-      model_type='unigram',
+      model_type='bpe',  # on this small world BPE keeps whole words; unigram split them
       vocab_size=vocab_size,
       hard_vocab_limit=False,  # small corpora: accept fewer pieces than asked for
       pad_id=PAD_ID,

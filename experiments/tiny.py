@@ -59,7 +59,7 @@ def get_config(arg: str | None = None):
   data.weights.interleaved = 0.45
   data.weights.text = 0.10
   data.seq_len = 128
-  data.max_images = 4
+  data.max_images = 8
   data.tokenizer = 'tokenizer/spm.model'
 
   train = config.train
@@ -74,7 +74,7 @@ def get_config(arg: str | None = None):
 
   if arg == 'smoke':
     train.steps = 6
-    train.batch_size = 4
+    train.batch_size = 8
     train.schedule.warmup = 2
     config.checkpoint.every = 3
     config.log.every = 1

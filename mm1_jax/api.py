@@ -114,12 +114,11 @@ def load(workdir: str, step: int | None = None) -> Model:
       raise FileNotFoundError(f'no checkpoint in {checkpointer.directory}')
     single = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, expert=1))
     mesh = mesh_lib.make_mesh(single, devices=jax.devices()[:1])
-    with jax.set_mesh(mesh):
-      settings = optimizer_lib.resolve_settings(config, state_lib.count_params(config))
-      tx = optimizer_lib.make_optimizer(config, settings)
-      layout = state_lib.make_layout(config, mesh, tx)
-      state = checkpointer.restore(step, layout.abstract)
-      model = state_lib.merge_model(layout.graphdef, state['params'])
+    settings = optimizer_lib.resolve_settings(config, state_lib.count_params(config))
+    tx = optimizer_lib.make_optimizer(config, settings)
+    layout = state_lib.make_layout(config, mesh, tx)
+    state = checkpointer.restore(step, layout.abstract)
+    model = state_lib.merge_model(layout.graphdef, state['params'])
   finally:
     checkpointer.close()
   return Model(config, tokenizer, model, int(step))

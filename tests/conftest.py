@@ -8,3 +8,27 @@ import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # noqa: E402  (after the environment is set)
+
+# Small enough to generate in seconds, big enough for every source to fill many rows.
+SYNTHETIC_TEST_SCALE = 0.05
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(tmp_path_factory):
+  """A small synthetic world (all sources, tokenizer, eval sets), generated once per run."""
+  from data_pipelines import synthetic
+  root = str(tmp_path_factory.mktemp('synthetic') / 'world')
+  synthetic.generate(root, seed=0, scale=SYNTHETIC_TEST_SCALE)
+  return root
+
+
+@pytest.fixture
+def smoke_config(synthetic_root):
+  """The tiny config's smoke variant reading the session's synthetic world."""
+  from experiments import tiny
+  config = tiny.get_config('smoke')
+  config.data.root = synthetic_root
+  config.data.synthetic = False
+  return config

@@ -75,9 +75,14 @@ class AvgPoolConnector(nnx.Module):
 
 
 def _not_implemented(kind: str):
+  """A registry placeholder that fails clearly when the kind is chosen."""
+
   def build(*args, **kwargs):
-    raise NotImplementedError(f"model.connector.kind={kind!r} is not implemented yet; "
-                              f"implemented: {sorted(k for k, v in CONNECTORS.items() if isinstance(v, type))}")
+    del args, kwargs
+    implemented = sorted(k for k, v in CONNECTORS.items() if isinstance(v, type))
+    raise NotImplementedError(f'model.connector.kind={kind!r} is not implemented yet; '
+                              f'implemented: {implemented}')
+
   return build
 
 

@@ -51,7 +51,8 @@ class MM1(nnx.Module):
     """Replaces the embeddings at image positions by the row's image tokens, in order."""
     batch, slots = images.shape[:2]
     image_tokens = self.embed_images(images.reshape(batch * slots, *images.shape[2:]))
-    image_tokens = image_tokens * image_valid.reshape(batch * slots, 1, 1).astype(image_tokens.dtype)
+    valid = image_valid.reshape(batch * slots, 1, 1).astype(image_tokens.dtype)
+    image_tokens = image_tokens * valid
     available = slots * self.num_image_tokens
     image_tokens = image_tokens.reshape(batch, available, -1).astype(text_embeddings.dtype)
     is_image = tokens == self.image_token_id

@@ -183,27 +183,29 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
 
   mesh = mesh_lib.make_mesh(config.mesh)
   check_batch_divides(config, mesh)
+  # Abstract shapes are built outside the mesh context: parameters carry logical names,
+  # which only the rules turn into mesh axes. The parameter count (for 'mm1_law') comes
+  # from an abstract model: nothing allocated.
+  num_params = state_lib.count_params(config)
+  settings = optimizer_lib.resolve_settings(config, num_params)
+  tx = optimizer_lib.make_optimizer(config, settings)
+  schedule = optimizer_lib.make_schedule(settings)
+  layout = state_lib.make_layout(config, mesh, tx)
+
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
+      use_async=bool(config.checkpoint['async']))
+  iterator = grain_pipeline.make_iterator(
+      config, process_index=jax.process_index(), process_count=jax.process_count())
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state = checkpointer.restore(latest, layout.abstract, iterator)
+    print(f'Resuming from {checkpointer.directory}/{latest}')
+  else:
+    state = state_lib.init_state(config, layout, tx)
+  start_step = int(jax.device_get(state['step']))
+
   with jax.set_mesh(mesh):
-    # The parameter count (for 'mm1_law') comes from an abstract model: nothing allocated.
-    num_params = state_lib.count_params(config)
-    settings = optimizer_lib.resolve_settings(config, num_params)
-    tx = optimizer_lib.make_optimizer(config, settings)
-    schedule = optimizer_lib.make_schedule(settings)
-    layout = state_lib.make_layout(config, mesh, tx)
-
-    checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
-        use_async=bool(config.checkpoint['async']))
-    iterator = grain_pipeline.make_iterator(
-        config, process_index=jax.process_index(), process_count=jax.process_count())
-    latest = checkpointer.latest_step()
-    if latest is not None:
-      state = checkpointer.restore(latest, layout.abstract, iterator)
-      print(f'Resuming from {checkpointer.directory}/{latest}')
-    else:
-      state = state_lib.init_state(config, layout, tx)
-    start_step = int(jax.device_get(state['step']))
-
     writer = logging_lib.MetricWriter(workdir, tensorboard=config.log.tensorboard, enabled=is_main)
     peak, peak_source = flops_lib.peak_flops_per_device()
     total_peak = peak if jax.devices()[0].platform == 'cpu' else peak * jax.device_count()

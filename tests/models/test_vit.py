@@ -1,0 +1,52 @@
+"""ViT: output shapes with/without class token and per feature_layer; pixel handling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments import tiny
+from mm1_jax.models.vit import ViT, normalize_pixels
+
+
+def _vit_config(**overrides):
+  config = tiny.get_config().model.vit
+  config.update(overrides)
+  return config
+
+
+def _images(n, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), np.uint8))
+
+
+@pytest.mark.parametrize('use_class_token', [False, True])
+@pytest.mark.parametrize('feature_layer', [-1, -2])
+def test_output_shape_and_blocks(use_class_token, feature_layer):
+  config = _vit_config(use_class_token=use_class_token, feature_layer=feature_layer)
+  vit = nnx.eval_shape(lambda: ViT(config, rngs=nnx.Rngs(0)))
+  assert len(vit.blocks) == config.depth + 1 + feature_layer
+  out = nnx.eval_shape(lambda m, x: m(x), vit, jax.ShapeDtypeStruct((3, 32, 32, 3), jnp.uint8))
+  assert out.shape == (3, 16 + int(use_class_token), 64)
+
+
+@pytest.mark.parametrize('activation', ['gelu', 'quick_gelu', 'gelu_exact'])
+def test_runs_on_uint8_and_is_finite(activation):
+  vit = ViT(_vit_config(activation=activation, use_class_token=True), rngs=nnx.Rngs(0))
+  out = vit(_images(2))
+  assert out.shape == (2, 17, 64) and out.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(out)))
+  # Images are independent of each other.
+  assert np.allclose(vit(_images(2)[:1]), out[:1], atol=1e-5)
+
+
+def test_pixel_normalisation_uses_clip_statistics():
+  white = jnp.full((1, 1, 1, 3), 255, jnp.uint8)
+  np.testing.assert_allclose(normalize_pixels(white)[0, 0, 0],
+                             (1 - np.array([0.48145466, 0.4578275, 0.40821073]))
+                             / np.array([0.26862954, 0.26130258, 0.27577711]), rtol=1e-6)
+
+
+def test_bad_feature_layer_names_the_key():
+  with pytest.raises(ValueError, match='model.vit.feature_layer'):
+    ViT(_vit_config(feature_layer=-4), rngs=nnx.Rngs(0))

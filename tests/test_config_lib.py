@@ -1,0 +1,63 @@
+"""Start-up validation names the config key that is wrong."""
+
+import pytest
+
+from experiments import tiny
+from mm1_jax import config_lib
+
+
+def test_tiny_config_is_valid():
+  config_lib.validate(tiny.get_config())
+  config_lib.validate(tiny.get_config('smoke'))
+
+
+def test_unknown_variant_is_named():
+  with pytest.raises(ValueError, match='nope'):
+    tiny.get_config('nope')
+
+
+@pytest.mark.parametrize('key, value, named', [
+    ('model.connector.kind', 'qformer', 'config.model.connector.kind'),
+    ('model.connector.num_tokens', 5, 'config.model.connector.num_tokens'),
+    ('model.connector.num_tokens', 64, 'config.model.connector.num_tokens'),
+    ('model.decoder.num_kv_heads', 3, 'config.model.decoder.num_kv_heads'),
+    ('model.vit.patch_size', 5, 'config.model.vit.image_size'),
+    ('train.on_nonfinite', 'ignore', 'config.train.on_nonfinite'),
+    ('train.optimizer.lr', -1.0, 'config.train.optimizer.lr'),
+    ('train.optimizer.lr', 'fast', 'config.train.optimizer.lr'),
+    ('train.grad_accum', 3, 'config.train.grad_accum'),
+    ('train.dtype', 'float16', 'config.train.dtype'),
+    ('data.seq_len', 0, 'config.data.seq_len'),
+    ('mesh.fsdp', 0, 'config.mesh.fsdp'),
+])
+def test_bad_value_names_its_key(key, value, named):
+  config = tiny.get_config()
+  section, _, leaf = key.rpartition('.')
+  target = config
+  for part in section.split('.'):
+    target = target[part]
+  target[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=named.replace('.', r'\.')):
+    config_lib.validate(config)
+
+
+def test_weights_must_name_known_sources():
+  config = tiny.get_config()
+  config.data.weights.pictures = 0.5
+  with pytest.raises(config_lib.ConfigError, match=r'config\.data\.weights\.pictures'):
+    config_lib.validate(config)
+
+
+def test_all_zero_weights_are_rejected():
+  config = tiny.get_config()
+  for name in config.data.weights:
+    config.data.weights[name] = 0.0
+  with pytest.raises(config_lib.ConfigError, match=r'config\.data\.weights'):
+    config_lib.validate(config)
+
+
+def test_unknown_key_is_rejected_by_the_locked_config():
+  config = tiny.get_config()
+  config.lock()
+  with pytest.raises(AttributeError, match='learning_rate'):
+    config.train.learning_rate = 0.1
