@@ -82,6 +82,10 @@ class Model:
 
   def generate(self, parts: Sequence[Any], max_new_tokens: int = 32) -> str:
     """Greedy continuation of one prompt (a list of str and images); returns the new text."""
+    return self.tokenizer.decode(self.generate_ids(parts, max_new_tokens))
+
+  def generate_ids(self, parts: Sequence[Any], max_new_tokens: int = 32) -> list[int]:
+    """The token ids `generate` produces (without the final eos)."""
     document = self._document(parts, add_eos=False)
     prompt_len = len(document.tokens)
     total = prompt_len + max_new_tokens
@@ -98,7 +102,7 @@ class Model:
         break
       generated.append(next_id)
       tokens.append(next_id)
-    return self.tokenizer.decode(generated)
+    return generated
 
 
 def load(workdir: str, step: int | None = None) -> Model:

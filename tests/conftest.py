@@ -32,3 +32,16 @@ def smoke_config(synthetic_root):
   config.data.root = synthetic_root
   config.data.synthetic = False
   return config
+
+
+@pytest.fixture(scope='session')
+def smoke_run(tmp_path_factory, synthetic_root):
+  """(config, workdir, summary) of one finished `tiny.py:smoke` run, shared by the tests."""
+  from experiments import tiny
+  from mm1_jax.train import trainer
+  config = tiny.get_config('smoke')
+  config.data.root = synthetic_root
+  config.data.synthetic = False
+  workdir = str(tmp_path_factory.mktemp('smoke_run'))
+  summary = trainer.train(config, workdir, show_progress=False)
+  return config, workdir, summary

@@ -16,7 +16,6 @@ Einsum letters: b batch, l length, d embed, f mlp, v vocab.
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from flax import nnx

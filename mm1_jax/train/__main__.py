@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -16,6 +16,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Orbax and TFDS log every step of every save at INFO; the progress bar says enough.
+  logging.set_verbosity(logging.WARNING)
   from mm1_jax import config_lib
   from mm1_jax.parallel import distributed
   from mm1_jax.train import trainer

@@ -21,19 +21,8 @@ def _losses(workdir):
     return {r['step']: r for r in map(json.loads, f)}
 
 
-@pytest.fixture(scope='module')
-def straight_run(tmp_path_factory, synthetic_root):
-  from experiments import tiny
-  config = tiny.get_config('smoke')
-  config.data.root = synthetic_root
-  config.data.synthetic = False
-  workdir = str(tmp_path_factory.mktemp('straight'))
-  summary = trainer.train(config, workdir, show_progress=False)
-  return config, workdir, summary
-
-
-def test_run_leaves_the_workdir_of_the_design(straight_run):
-  config, workdir, summary = straight_run
+def test_run_leaves_the_workdir_of_the_design(smoke_run):
+  config, workdir, summary = smoke_run
   assert summary.steps == config.train.steps
   assert summary.checkpoints == [3, 6]
   for name in ('config.json', 'metrics.jsonl', trainer.TOKENIZER_FILE):
@@ -52,14 +41,14 @@ def test_run_leaves_the_workdir_of_the_design(straight_run):
   assert saved['train']['steps'] == config.train.steps
 
 
-def test_loss_decreases_over_a_few_steps(straight_run):
-  config, workdir, _ = straight_run
+def test_loss_decreases_over_a_few_steps(smoke_run):
+  config, workdir, _ = smoke_run
   records = _losses(workdir)
   assert records[config.train.steps]['loss'] < records[1]['loss']
 
 
-def test_interrupted_run_resumes_with_identical_losses(tmp_path, straight_run):
-  config, straight_dir, _ = straight_run
+def test_interrupted_run_resumes_with_identical_losses(tmp_path, smoke_run):
+  config, straight_dir, _ = smoke_run
   workdir = str(tmp_path / 'interrupted')
   first = config.copy_and_resolve_references()
   first.train.max_runtime = 1e-9  # stop (and checkpoint) right after the first step
