@@ -44,7 +44,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_images = 4
   c.data.tokenizer = ''
   c.data.num_workers = 0
-  c.data.shuffle_buffer = 0  # 0: global random-access shuffle of every source
   c.data.seed = 0
 
   c.train = ml_collections.ConfigDict()

@@ -9,6 +9,15 @@ import os
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+# Compilation dominates the suite: a persistent cache shared by this run's tests (and the
+# subprocesses they start) compiles each distinct program once. A fresh directory per run
+# keeps every CI run honest.
+import tempfile  # noqa: E402
+
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='mm1-jax-cache-'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
 import pytest  # noqa: E402  (after the environment is set)
 
 # Small enough to generate in seconds, big enough for every source to fill many rows.
