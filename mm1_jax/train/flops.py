@@ -54,23 +54,27 @@ def train_flops_per_step(config, params, *, num_images: float) -> float:
   return 3.0 * forward
 
 
-def measured_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
-  """FLOP/s of a float32 [size, size] matmul on the default device, best of `repeats`."""
-  x = jnp.ones((size, size), jnp.float32)
-  matmul = jax.jit(lambda a: a @ a)
+def measured_matmul_flops(size: int = 512, repeats: int = 5) -> float:
+  """FLOP/s of float32 [size, size] matmuls run on all local devices at once, best of
+  `repeats`: what this process's matmuls achieve when every device is busy, as in a step."""
+  devices = jax.local_devices()
+  mesh = jax.sharding.Mesh(devices, ('d',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('d'))
+  x = jax.device_put(jnp.ones((len(devices), size, size), jnp.float32), sharding)
+  matmul = jax.jit(lambda a: jnp.einsum('nij,njk->nik', a, a), out_shardings=sharding)
   matmul(x).block_until_ready()
   best = float('inf')
   for _ in range(repeats):
     start = time.perf_counter()
     matmul(x).block_until_ready()
     best = min(best, time.perf_counter() - start)
-  return 2.0 * size ** 3 / best
+  return 2.0 * len(devices) * size ** 3 / best
 
 
-def peak_flops_per_device() -> tuple[float, str]:
-  """(peak FLOP/s of one device, where the number comes from)."""
-  device = jax.devices()[0]
+def peak_flops() -> tuple[float, str]:
+  """(peak FLOP/s of all local devices together, where the number comes from)."""
+  device = jax.local_devices()[0]
   for prefix, peak in KNOWN_PEAKS.items():
     if device.device_kind.startswith(prefix):
-      return peak, f'{prefix} bf16 peak'
+      return peak * jax.local_device_count(), f'{prefix} bf16 peak'
   return measured_matmul_flops(), f'measured f32 matmul on {device.platform}'

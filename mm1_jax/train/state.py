@@ -20,7 +20,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mm1_jax.models.mm1 import MM1
+from mm1_jax.models import MM1
+from mm1_jax.models import param_count as count_params  # noqa: F401  (used by the trainer)
 from mm1_jax.parallel import rules
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -39,22 +40,9 @@ def build_model(config, seed: int) -> MM1:
   return MM1(config, rngs=nnx.Rngs(seed), dtype=COMPUTE_DTYPES[config.train.dtype])
 
 
-def count_params(config) -> int:
-  """Number of parameters of the configured model, from shapes only."""
-  abstract = nnx.eval_shape(lambda: build_model(config, config.seed))
-  return sum(int(x.size) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
-
-
 def _param_shardings(abstract_params: nnx.State, mesh: Mesh):
-  specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
-  shapes = nnx.to_pure_dict(abstract_params)
-
-  def to_sharding(spec, shape):
-    logical = tuple(spec) if isinstance(spec, PartitionSpec) else ()
-    return NamedSharding(mesh, rules.logical_to_spec(logical, shape=shape.shape, mesh=mesh))
-
-  return jax.tree.map(to_sharding, specs, shapes,
-                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+  """NamedShardings of the parameters as a pure dict (the structure the state uses)."""
+  return nnx.to_pure_dict(rules.state_shardings(abstract_params, mesh))
 
 
 def make_layout(config, mesh: Mesh, tx: optax.GradientTransformation) -> StateLayout:

@@ -207,8 +207,9 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
 
   with jax.set_mesh(mesh):
     writer = logging_lib.MetricWriter(workdir, tensorboard=config.log.tensorboard, enabled=is_main)
-    peak, peak_source = flops_lib.peak_flops_per_device()
-    total_peak = peak if jax.devices()[0].platform == 'cpu' else peak * jax.device_count()
+    # Per process: this process's step share of the FLOPs over its own devices' peak.
+    peak, peak_source = flops_lib.peak_flops()
+    total_peak = peak * jax.process_count()
     tokens_per_step = config.train.batch_size * config.data.seq_len
     if is_main:
       print(f'mm1-jax: {num_params / 1e6:.2f}M parameters, peak lr {settings.peak_lr:.3g}, '

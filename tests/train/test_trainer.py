@@ -36,7 +36,7 @@ def test_run_leaves_the_workdir_of_the_design(smoke_run):
               'data/text_fraction'):
     assert key in last, key
   assert all(np.isfinite(r['loss']) for r in records.values())
-  assert 0 < last['mfu'] < 1.5
+  assert last['mfu'] > 0 and last['tokens_per_s'] > 0  # speed itself is benchmarks' business
   saved = json.load(open(os.path.join(workdir, 'config.json')))
   assert saved['train']['steps'] == config.train.steps
 
