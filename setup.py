@@ -20,7 +20,10 @@ CORE = [
 ]
 
 EXTRAS = {
-    'test': ['pytest>=8', 'pytest-timeout>=2.3'],
+    # The test suite checks parity against transformers and pycocoevalcap and the SeqIO
+    # backend, so it installs those too. torch is pinned to its CPU build (see 'torch').
+    'test': ['pytest>=8', 'pytest-timeout>=2.3', 'torch==2.13.0', 'transformers>=4.46',
+             'safetensors>=0.4', 'pycocoevalcap>=1.2', 'seqio>=0.0.19'],
     # SeqIO pulls in TensorFlow and tensorflow-text (over 1 GB); it is needed only for
     # `data.backend='seqio'`, so it is an extra and not part of the quick start.
     'seqio': ['seqio>=0.0.19'],
