@@ -17,6 +17,7 @@ CORE = [
     'tqdm>=4.66',
     'tensorboardX>=2.6',
     'absl-py>=2.1',
+    'pyyaml>=6',
 ]
 
 EXTRAS = {
