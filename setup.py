@@ -18,6 +18,7 @@ CORE = [
     'tensorboardX>=2.6',
     'absl-py>=2.1',
     'pyyaml>=6',
+    'matplotlib>=3.8',
 ]
 
 EXTRAS = {
