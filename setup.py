@@ -19,6 +19,7 @@ CORE = [
     'absl-py>=2.1',
     'pyyaml>=6',
     'matplotlib>=3.8',
+    'pyarrow>=14',
 ]
 
 EXTRAS = {
@@ -49,6 +50,7 @@ setup(
         'console_scripts': [
             'mm1-train=mm1_jax.train.__main__:run',
             'mm1-prepare=data_pipelines.prepare:run',
+            'mm1-evaluate=mm1_jax.evaluate:run',
         ],
     },
 )

@@ -46,8 +46,15 @@ class Skipped:
 Part = Union[str, Image.Image, np.ndarray, bytes]
 
 
-def load_image(image: Image.Image | np.ndarray | bytes, image_size: int) -> np.ndarray:
-  """Decodes and fits an image to uint8 [S, S, 3]: shorter side resized to S, centre crop.
+RESIZE_MODES = ('crop', 'pad')
+
+
+def load_image(image: Image.Image | np.ndarray | bytes, image_size: int,
+               resize: str = 'crop') -> np.ndarray:
+  """Decodes and fits an image to uint8 [S, S, 3].
+
+  resize='crop': shorter side resized to S, centre crop (drops the margins of the longer
+  side); resize='pad': longer side resized to S, centred on black (keeps the whole image).
 
   Raises ValueError (or PIL's OSError) when the bytes are not a complete image.
   """
@@ -71,10 +78,16 @@ def load_image(image: Image.Image | np.ndarray | bytes, image_size: int) -> np.n
     pil = image
   else:
     raise ValueError(f'not an image: {type(image).__name__}')
+  if resize not in RESIZE_MODES:
+    raise ValueError(f'unknown resize mode {resize!r} (one of {RESIZE_MODES})')
   pil = pil.convert('RGB')
   if pil.width == 0 or pil.height == 0:
     raise ValueError('image has no pixels')
-  fitted = ImageOps.fit(pil, (image_size, image_size), method=Image.Resampling.BICUBIC)
+  if resize == 'crop':
+    fitted = ImageOps.fit(pil, (image_size, image_size), method=Image.Resampling.BICUBIC)
+  else:
+    fitted = ImageOps.pad(pil, (image_size, image_size), method=Image.Resampling.BICUBIC,
+                          color=(0, 0, 0))
   return np.asarray(fitted, dtype=np.uint8)
 
 
@@ -85,6 +98,7 @@ class DocumentEncoder:
   image_size: int
   num_image_tokens: int
   image_token_id: int
+  resize: str = 'crop'
 
   def text_tokens(self, text: str) -> list[int]:
     ids = self.tokenizer.encode(text)
@@ -114,7 +128,7 @@ class DocumentEncoder:
           pending_text.append(part.strip())
       else:
         flush_text()
-        images.append(load_image(part, self.image_size))
+        images.append(load_image(part, self.image_size, self.resize))
         tokens.extend(self.image_run())
     flush_text()
     if add_eos:
@@ -143,11 +157,12 @@ class RecordToDocument(grain.transforms.Map):
   """grain Map: a source record of one kind -> Document, or Skipped when unusable."""
 
   def __init__(self, kind: str, tokenizer, *, image_size: int, num_image_tokens: int,
-               image_token_id: int):
+               image_token_id: int, resize: str = 'crop'):
     if kind not in ('captions', 'interleaved', 'text'):
       raise ValueError(f'unknown record kind {kind!r} (captions, interleaved, text)')
     self.kind = kind
-    self.encoder = DocumentEncoder(tokenizer, image_size, num_image_tokens, image_token_id)
+    self.encoder = DocumentEncoder(tokenizer, image_size, num_image_tokens, image_token_id,
+                                   resize)
 
   def map(self, record: dict) -> Document | Skipped:
     try:

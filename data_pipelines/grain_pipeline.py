@@ -1,17 +1,22 @@
 """The training input on grain: per-source shuffle, decode and pack, then mix and batch.
 
-Per configured source with weight > 0 (`source_id` = its index in `source_names`):
+The input is split into `data.shards` logical shards (0: one per process); process p of P
+owns shards [p * S/P, (p+1) * S/P). Per configured source with weight > 0 (`source_id` =
+its index in `source_names`) and per owned shard s:
 
     open_source -> MapDataset.source -> seed(data.seed, name) -> shuffle -> repeat (each
-    epoch reshuffled) -> [process_index::process_count] -> map(record -> Document)
+    epoch reshuffled) -> [s::S] -> map(record -> Document: decode, resize, tokenize)
     -> to_iter_dataset [-> mp_prefetch: decode in worker processes] -> pack -> + source_id
 
-The row streams are mixed with `IterDataset.mix` by the normalised weights (a
-deterministic interleave, so resume needs no seeking), batched to
-`train.batch_size // process_count` rows and emitted per the batch contract of
+`mixing.ExactMixIterDataset` then fills each global batch with per-source row counts as
+close to the normalised weights as integers allow and keeps this process's rows
+(`train.batch_size // P`), a thread prefetches, and batches come out per the contract of
 DESIGN.md section 2, plus `skipped_records` int32 [B]: records skipped since the previous
-row of the same source. Every stage has grain's get_state/set_state, so the iterator from
-`make_iterator` resumes exactly (the trainer checkpoints it with grain's Orbax support).
+row of the same source and shard. Every stage has grain's get_state/set_state, so the
+iterator resumes exactly (the trainer checkpoints it with grain's Orbax support). For a
+fixed data.shards the global stream does not depend on the process count.
+
+`make_iterator` is the one entry point of both backends (config.data.backend).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import zlib
 import grain
 import numpy as np
 
+from data_pipelines import mixing
 from data_pipelines import packing
 from data_pipelines.documents import RecordToDocument, Skipped
 from data_pipelines.sources import open_source
@@ -79,14 +85,28 @@ def shuffled_records(records, *, seed: int, process_index: int = 0,
           [process_index::process_count])
 
 
-def _workers_per_source(config, name: str) -> int:
-  """Splits data.num_workers over the sources by weight (at least one each when > 0)."""
+def _workers_per_stream(config, name: str, owned_shards: int) -> int:
+  """Splits data.num_workers over the (source, shard) streams by weight (>= 1 each when > 0)."""
   if config.data.num_workers <= 0:
     return 0
   names = source_names(config)
   total = sum(config.data.weights[n] for n in names)
-  share = config.data.num_workers * config.data.weights[name] / total
+  share = config.data.num_workers * config.data.weights[name] / total / owned_shards
   return max(1, int(round(share)))
+
+
+def shard_layout(config, process_index: int, process_count: int) -> tuple[int, int, int]:
+  """(number of logical shards, first shard of this process, shards it owns)."""
+  num_shards = config.data.get('shards', 0) or process_count
+  if num_shards % process_count:
+    raise ValueError(f'config.data.shards={num_shards} is not a multiple of the process count '
+                     f'{process_count}')
+  if config.train.batch_size % num_shards:
+    raise ValueError(f'config.train.batch_size={config.train.batch_size} is not divisible by '
+                     f'the {num_shards} input shards (config.data.shards, default the process '
+                     'count)')
+  owned = num_shards // process_count
+  return num_shards, process_index * owned, owned
 
 
 def _allow_grain_flags() -> None:
@@ -121,28 +141,42 @@ def _check_usable(source, to_document, where: str) -> None:
                    f'usable (e.g. undecodable images or empty text)')
 
 
-def _source_rows(config, name: str, source_id: int, tokenizer, *, process_index: int,
-                 process_count: int,
-                 read_options: grain.ReadOptions = READ_OPTIONS) -> grain.IterDataset:
-  source, where = _open_checked(config, name)
-  to_document = RecordToDocument(
+def record_to_document(config, name: str, tokenizer) -> RecordToDocument:
+  """The decode-resize-tokenize transform of one configured source."""
+  return RecordToDocument(
       config.data.sources[name].kind, tokenizer, image_size=config.model.vit.image_size,
       num_image_tokens=config.model.connector.num_tokens,
-      image_token_id=config.model.image_token_id)
-  _check_usable(source, to_document, where)
+      image_token_id=config.model.image_token_id,
+      resize=config.data.get('resize', 'crop'))
 
+
+def open_usable_source(config, name: str, tokenizer):
+  """Opens a configured source and checks at start-up that it yields documents."""
+  source, where = _open_checked(config, name)
+  _check_usable(source, record_to_document(config, name, tokenizer), where)
+  return source
+
+
+def pack_rows(config, name: str, documents: grain.IterDataset, tokenizer) -> grain.IterDataset:
+  """Documents (or Skipped markers) of one source -> packed contract rows."""
+  return packing.pack_documents(
+      documents, seq_len=config.data.seq_len, max_images=config.data.max_images,
+      num_image_tokens=config.model.connector.num_tokens,
+      image_token_id=config.model.image_token_id, pad_id=tokenizer.pad_id, source_name=name,
+      long_documents=config.data.get('long_documents', 'split'))
+
+
+def _source_rows(config, name: str, source, source_id: int, tokenizer, *, shard_index: int,
+                 num_shards: int, num_workers: int,
+                 read_options: grain.ReadOptions = READ_OPTIONS) -> grain.IterDataset:
   records = shuffled_records(source, seed=source_seed(config, name),
-                             process_index=process_index, process_count=process_count)
-  documents = records.map(to_document).to_iter_dataset(read_options)
-  num_workers = _workers_per_source(config, name)
+                             process_index=shard_index, process_count=num_shards)
+  documents = records.map(record_to_document(config, name, tokenizer))
+  documents = documents.to_iter_dataset(read_options)
   if num_workers:
     _allow_grain_flags()
     documents = documents.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  rows = packing.pack_documents(
-      documents, seq_len=config.data.seq_len, max_images=config.data.max_images,
-      num_image_tokens=config.model.connector.num_tokens,
-      image_token_id=config.model.image_token_id, pad_id=tokenizer.pad_id, source_name=name)
-  return rows.map(_AddSourceId(source_id))
+  return pack_rows(config, name, documents, tokenizer).map(_AddSourceId(source_id))
 
 
 class _AddSourceId(grain.transforms.Map):
@@ -170,21 +204,39 @@ def make_dataset(config, *, process_index: int = 0, process_count: int = 1) -> g
   if config.train.batch_size % process_count:
     raise ValueError(f'config.train.batch_size={config.train.batch_size} is not divisible by '
                      f'the process count {process_count}')
+  num_shards, first_shard, owned = shard_layout(config, process_index, process_count)
   names = source_names(config)
   if not names:
     raise ValueError('config.data.weights: no source has a weight > 0')
   tokenizer = load_tokenizer(config)
-  streams = [_source_rows(config, name, source_id, tokenizer, process_index=process_index,
-                          process_count=process_count)
-             for source_id, name in enumerate(names)]
-  weights = [float(config.data.weights[name]) for name in names]
-  total = sum(weights)
-  mixed = grain.IterDataset.mix(streams, [w / total for w in weights])
-  batched = mixed.batch(config.train.batch_size // process_count, drop_remainder=True)
-  return batched.map(_ToBatchContract())
+  streams = {}
+  for source_id, name in enumerate(names):
+    source = open_usable_source(config, name, tokenizer)
+    workers = _workers_per_stream(config, name, owned)
+    streams[name] = [
+        _source_rows(config, name, source, source_id, tokenizer, shard_index=shard,
+                     num_shards=num_shards, num_workers=workers)
+        for shard in range(first_shard, first_shard + owned)]
+  mixed = mixing.ExactMixIterDataset(
+      streams, {name: float(config.data.weights[name]) for name in names},
+      batch_size=config.train.batch_size, num_shards=num_shards, first_shard=first_shard)
+  # Batches are assembled in a thread while the trainer works on the previous one.
+  prefetched = grain.experimental.ThreadPrefetchIterDataset(mixed, prefetch_buffer_size=2)
+  return prefetched.map(_ToBatchContract())
 
 
 def make_iterator(config, *, process_index: int = 0,
                   process_count: int = 1) -> grain.DatasetIterator:
-  """A grain DatasetIterator over `make_dataset`, with get_state()/set_state()."""
+  """The training input of config.data.backend, with get_state()/set_state().
+
+  'grain' (default): a grain DatasetIterator over `make_dataset`. 'seqio': the same sources
+  as seqio Tasks mixed by a seqio Mixture (data_pipelines/seqio_tasks.py).
+  """
+  backend = config.data.get('backend', 'grain')
+  if backend == 'seqio':
+    from data_pipelines import seqio_tasks  # pylint: disable=g-import-not-at-top
+    return seqio_tasks.make_iterator(config, process_index=process_index,
+                                     process_count=process_count)
+  if backend != 'grain':
+    raise ValueError(f"config.data.backend: unknown backend {backend!r} ('grain', 'seqio')")
   return iter(make_dataset(config, process_index=process_index, process_count=process_count))

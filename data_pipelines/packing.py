@@ -5,7 +5,8 @@ steps, each exactly resumable:
 
 1. `ChunkDocumentsIterDataset` cuts a document that does not fit one row into consecutive
    chunks, never inside an image run, and at image boundaries when the images exceed the
-   row's image budget (a chunk that starts mid-document carries no bos). It also counts
+   row's image budget (a chunk that starts mid-document carries no bos). With
+   long_documents='truncate' only the first chunk is kept. It also counts
    the `Skipped` markers and attaches the count to the next chunk it emits.
 2. grain's `FirstFitPackIterDataset` places the chunks first-fit over a window of open
    rows (denser than next-fit) with both budgets as its length struct. Its state is the
@@ -30,8 +31,9 @@ from grain.experimental import FirstFitPackIterDataset
 
 from data_pipelines.documents import Document, Skipped
 
-DEFAULT_PACKING_WINDOW = 8  # open rows searched first-fit; emitted together when full
+DEFAULT_PACKING_WINDOW = 32  # open rows searched first-fit; emitted together when full
 MAX_CONSECUTIVE_SKIPS = 10_000  # a source this broken is a configuration error
+LONG_DOCUMENT_POLICIES = ('split', 'truncate')
 
 
 def image_run_starts(tokens: np.ndarray, *, num_image_tokens: int,
@@ -82,9 +84,10 @@ class _ChunkDocumentsIterator(grain.DatasetIterator):
   """Documents and Skipped markers in; row-sized chunks with a `num_skipped` count out."""
 
   def __init__(self, parent: grain.DatasetIterator, *, split_kwargs: dict[str, int],
-               source_name: str):
+               source_name: str, truncate: bool = False):
     super().__init__(parent)
     self._split_kwargs = split_kwargs
+    self._truncate = truncate
     self._source_name = source_name
     self._chunks: list[Document] = []
     self._next_chunk = 0
@@ -115,6 +118,8 @@ class _ChunkDocumentsIterator(grain.DatasetIterator):
     self._document_state = state
     self._image_shape = element.images.shape[1:]
     self._chunks = split_document(element, **self._split_kwargs)
+    if self._truncate:
+      self._chunks = self._chunks[:1]
     self._next_chunk = 0
     self._skipped_before_document = self._pending_skipped
     self._pending_skipped = 0
@@ -146,15 +151,20 @@ class ChunkDocumentsIterDataset(grain.IterDataset):
   """Cuts Documents into row-sized chunks and counts Skipped markers (see module doc)."""
 
   def __init__(self, parent: grain.IterDataset, *, seq_len: int, max_images: int,
-               num_image_tokens: int, image_token_id: int, source_name: str = ''):
+               num_image_tokens: int, image_token_id: int, source_name: str = '',
+               long_documents: str = 'split'):
     super().__init__(parent)
+    if long_documents not in LONG_DOCUMENT_POLICIES:
+      raise ValueError(f'unknown long-document policy {long_documents!r} '
+                       f'(one of {LONG_DOCUMENT_POLICIES})')
     self._split_kwargs = dict(seq_len=seq_len, max_images=max_images,
                               num_image_tokens=num_image_tokens, image_token_id=image_token_id)
     self._source_name = source_name
+    self._truncate = long_documents == 'truncate'
 
   def __iter__(self) -> grain.DatasetIterator:
     return _ChunkDocumentsIterator(self._parent.__iter__(), split_kwargs=self._split_kwargs,
-                                   source_name=self._source_name)
+                                   source_name=self._source_name, truncate=self._truncate)
 
   def __str__(self) -> str:
     return f'ChunkDocumentsIterDataset({self._source_name})'
@@ -201,12 +211,12 @@ class PackedToRow(grain.transforms.Map):
 
 def pack_documents(documents: grain.IterDataset, *, seq_len: int, max_images: int,
                    num_image_tokens: int, image_token_id: int, pad_id: int = 0,
-                   window: int = DEFAULT_PACKING_WINDOW,
-                   source_name: str = '') -> grain.IterDataset:
+                   window: int = DEFAULT_PACKING_WINDOW, source_name: str = '',
+                   long_documents: str = 'split') -> grain.IterDataset:
   """IterDataset of Document | Skipped -> IterDataset of contract rows (no batch dim)."""
   chunks = ChunkDocumentsIterDataset(
       documents, seq_len=seq_len, max_images=max_images, num_image_tokens=num_image_tokens,
-      image_token_id=image_token_id, source_name=source_name)
+      image_token_id=image_token_id, source_name=source_name, long_documents=long_documents)
   packed = FirstFitPackIterDataset(
       chunks, length_struct={'tokens': seq_len, 'images': max_images},
       num_packing_bins=window, shuffle_bins=False, meta_features=('num_skipped',),

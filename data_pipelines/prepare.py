@@ -63,9 +63,126 @@ def _run_synthetic(args: argparse.Namespace) -> None:
   print(f'Wrote the synthetic world (seed {args.seed}, scale {args.scale}) to {out}')
 
 
+# ---------------------------------------------------------------------------- importers
+
+
+def _non_negative_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f'{text!r} must be >= 0')
+  return value
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--out', required=True, metavar='DIR',
+                      help='directory of the prepared source (must not hold one already)')
+  parser.add_argument('--num-workers', type=_non_negative_int, default=1,
+                      help='processes reading the input (default 1: in this process)')
+  parser.add_argument('--num-shards', type=_non_negative_int, default=0,
+                      help='array_record files to write (default 0: chosen from the size)')
+  parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def _import(kind: str, units, read_unit, args, **kwargs) -> None:
+  from data_pipelines.formats import common  # pylint: disable=import-outside-toplevel
+  report = common.run_import(kind, units, read_unit, out=args.out,
+                             num_workers=args.num_workers, num_shards=args.num_shards or None,
+                             description=f'{args.command} -> {args.out}',
+                             show_progress=not args.no_progress, **kwargs)
+  print(report.summary())
+
+
+def _add_webdataset_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--input', required=True, nargs='+', metavar='GLOB',
+                      help="tar shards, e.g. 'DIR/*.tar' (KEY.jpg + KEY.txt [+ KEY.json])")
+  _add_output_arguments(parser)
+
+
+def _run_webdataset(args: argparse.Namespace) -> None:
+  from data_pipelines.formats import common, webdataset  # pylint: disable=import-outside-toplevel
+  _import('captions', common.expand_inputs(args.input), webdataset.read_shard, args)
+
+
+def _add_coco_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--annotations', required=True, metavar='FILE.json',
+                      help='COCO captions annotations (captions_train2017.json)')
+  parser.add_argument('--images', required=True, metavar='DIR',
+                      help='directory holding the file_name of every image')
+  _add_output_arguments(parser)
+
+
+def _run_coco(args: argparse.Namespace) -> None:
+  from data_pipelines.formats import coco  # pylint: disable=import-outside-toplevel
+  if not os.path.isfile(args.annotations):
+    raise UserError(f'--annotations {args.annotations!r} does not exist')
+  if not os.path.isdir(args.images):
+    raise UserError(f'--images {args.images!r} is not a directory')
+  units, early = coco.load_units(args.annotations, args.images)
+  _import('captions', units, coco.read_images, args, skipped_before=early.skipped)
+
+
+def _add_interleaved_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--input', required=True, nargs='+', metavar='GLOB',
+                      help='OBELICS-style parquet/jsonl (texts, images) or MMC4 jsonl files')
+  parser.add_argument('--images', default=None, metavar='DIR',
+                      help='base directory of relative image paths (default: beside each file)')
+  _add_output_arguments(parser)
+
+
+def _run_interleaved(args: argparse.Namespace) -> None:
+  from data_pipelines.formats import common, interleaved  # pylint: disable=import-outside-toplevel
+  units = [(path, args.images) for path in common.expand_inputs(args.input)]
+  _import('interleaved', units, interleaved.read_documents, args)
+
+
+def _add_text_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--input', required=True, nargs='+', metavar='GLOB',
+                      help='jsonl or parquet files with a `text` field')
+  _add_output_arguments(parser)
+
+
+def _run_text(args: argparse.Namespace) -> None:
+  from data_pipelines.formats import common, text  # pylint: disable=import-outside-toplevel
+  _import('text', common.expand_inputs(args.input), text.read_texts, args)
+
+
+# ---------------------------------------------------------------------------- inspect
+
+
+def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--config', required=True, metavar='FILE.py[:ARG]',
+                      help='experiment config whose data section to read')
+  parser.add_argument('--rows', type=_non_negative_int, default=1000,
+                      help='rows to read (default 1000)')
+  parser.add_argument('--json', action='store_true', help='print one JSON object')
+
+
+def _run_inspect(args: argparse.Namespace) -> None:
+  import json  # pylint: disable=import-outside-toplevel
+  from data_pipelines import inspection  # pylint: disable=import-outside-toplevel
+  from mm1_jax import config_lib  # pylint: disable=import-outside-toplevel
+  config = inspection.load_config(args.config)
+  config_lib.validate(config)
+  stats = inspection.measure(config, max(args.rows, 1))
+  print(json.dumps(stats) if args.json else inspection.format_table(stats))
+
+
 COMMANDS = (
     Command('synthetic', 'generate the embedded synthetic world (sources, tokenizer, eval)',
             _add_synthetic_arguments, _run_synthetic),
+    Command('webdataset', 'WebDataset tar shards (img2dataset) -> a captions source',
+            _add_webdataset_arguments, _run_webdataset),
+    Command('coco', 'COCO captions annotations + images -> a captions source',
+            _add_coco_arguments, _run_coco),
+    Command('interleaved', 'OBELICS parquet/jsonl or MMC4 jsonl -> an interleaved source',
+            _add_interleaved_arguments, _run_interleaved),
+    Command('text', 'jsonl/parquet with a text field -> a text source',
+            _add_text_arguments, _run_text),
+    Command('inspect', 'read rows of a configured mixture and report what it delivers',
+            _add_inspect_arguments, _run_inspect),
 )
 
 

@@ -151,15 +151,17 @@ def _quiet_tfds():
 
 
 def write_source(kind: str, examples: Iterable[dict], out_dir: str, *,
-                 num_shards: int = 1) -> str:
+                 num_shards: int | None = 1) -> str:
   """Writes `examples` (dicts in the schema of `kind`) as a TFDS dataset under `out_dir`.
+
+  num_shards: array_record files to write; None lets TFDS choose from the data size.
 
   Raises FileExistsError if `out_dir` already holds a complete source of this kind, and
   ValueError (naming the example) for an example that does not fit the schema.
   Returns `out_dir`.
   """
   _check_kind(kind)
-  if num_shards < 1:
+  if num_shards is not None and num_shards < 1:
     raise ValueError(f'num_shards must be >= 1, got {num_shards}.')
   out_dir = os.fspath(out_dir)
   builder_cls = _BUILDERS[kind]

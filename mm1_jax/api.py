@@ -7,8 +7,7 @@
     text = model.generate(['a picture:', image, 'it shows'], max_new_tokens=16)
 
 Parameters are restored from the latest (or the given) Orbax checkpoint onto one device.
-`generate` is greedy and recomputes the whole prefix each step (no KV cache yet); it pads
-to one fixed length so it compiles once.
+`generate` is greedy decoding with a KV cache (the evaluation's decoder).
 """
 
 from __future__ import annotations
@@ -85,24 +84,12 @@ class Model:
     return self.tokenizer.decode(self.generate_ids(parts, max_new_tokens))
 
   def generate_ids(self, parts: Sequence[Any], max_new_tokens: int = 32) -> list[int]:
-    """The token ids `generate` produces (without the final eos)."""
-    document = self._document(parts, add_eos=False)
-    prompt_len = len(document.tokens)
-    total = prompt_len + max_new_tokens
-    tokens = list(document.tokens)
-    generated: list[int] = []
-    for _ in range(max_new_tokens):
-      doc = documents_lib.Document(tokens=np.asarray(tokens, np.int32), images=document.images)
-      batch = packing.rows_from_documents(
-          [doc], image_token_id=self.tokenizer.image_token_id, seq_len=total,
-          max_images=max(1, document.num_images), pad_id=self.tokenizer.pad_id)
-      logits = self.forward(batch)
-      next_id = int(np.argmax(logits[0, len(tokens) - 1]))
-      if next_id == self.tokenizer.eos_id:
-        break
-      generated.append(next_id)
-      tokens.append(next_id)
-    return generated
+    """The token ids `generate` produces (without the final eos): greedy, with a KV cache."""
+    from mm1_jax.eval import decoding  # the evaluation's decoder, shared
+    result = decoding.greedy_generate(
+        self._model, self.prepare([parts]), self.tokenizer, max_new_tokens=max_new_tokens,
+        stop=decoding.StopConditions(token_ids=(self.tokenizer.eos_id,)), use_cache=True)
+    return [int(i) for i in result.token_ids[0]]
 
 
 def load(workdir: str, step: int | None = None) -> Model:

@@ -8,6 +8,7 @@ offending key, so that a wrong setting fails at start-up and not hours into a ru
 from __future__ import annotations
 
 import math
+import re
 
 import ml_collections
 
@@ -24,8 +25,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.image_token_id = 4  # fixed by data_pipelines.tokenizer: pad 0, unk 1, bos 2, eos 3, <image> 4
   c.model.vit = ml_collections.ConfigDict(dict(
       image_size=224, patch_size=16, width=768, depth=12, num_heads=12, mlp_dim=3072,
-      activation='gelu', feature_layer=-1, use_class_token=False, norm_eps=1e-5))
-  c.model.connector = ml_collections.ConfigDict(dict(kind='avgpool', num_tokens=64))
+      activation='gelu', feature_layer=-1, use_class_token=False, norm_eps=1e-5,
+      # final_norm: LayerNorm on the selected state (CLIP hidden states have none);
+      # drop_class_token: remove the class token from the output after attention.
+      # scan_layers: stack the blocks and scan over them (as model.decoder.scan_layers).
+      final_norm=True, drop_class_token=False, scan_layers=False))
+  c.model.connector = ml_collections.ConfigDict(dict(
+      kind='avgpool', num_tokens=64,
+      num_heads=8,   # attnpool: heads of the cross-attention
+      depth=3,       # c_abstractor: residual blocks per stage
+      width=0,       # c_abstractor: channels of the stages (0: the decoder's d_model)
+      mlp_depth=2))  # c_abstractor: layers of the readout MLP
   c.model.decoder = ml_collections.ConfigDict(dict(
       vocab_size=32000, d_model=512, num_layers=8, num_heads=8, num_kv_heads=8, d_ff=1408,
       rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, attention='xla',
@@ -45,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tokenizer = ''
   c.data.num_workers = 0
   c.data.seed = 0
+  c.data.resize = 'crop'  # 'crop': resize + centre crop; 'pad': resize + pad to square
+  c.data.long_documents = 'split'  # 'split' into row-sized chunks, or 'truncate' to one row
+  c.data.shards = 0  # logical input shards (0: the process count); fixes the row stream
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -59,10 +72,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.dtype = 'float32'
   c.train.on_nonfinite = 'stop'
   c.train.max_runtime = 0.0  # seconds; 0 = no limit
+  # Parameter groups by regex over paths such as 'vit/layers/0/mlp/up/kernel' (see
+  # mm1_jax/train/optimizer.py): frozen parameters, and (regex, factor) lr scales.
+  c.train.freeze = ''
+  c.train.lr_scales = ml_collections.FieldReference((), field_type=tuple)
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
   c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, **{'async': True}))
   c.eval = ml_collections.ConfigDict(dict(tasks=(), shots=(0,), every=0))
+  # Few-shot evaluation (mm1_jax/eval/settings.py documents each key).
+  c.eval.task_specs = ml_collections.ConfigDict()  # NAME -> task definition (eval/tasks.py)
+  c.eval.data_root = ''  # the real datasets' directory (relative paths of the tasks)
+  c.eval.templates = ml_collections.ConfigDict(dict(
+      caption='{caption}', vqa='Question: {question} Answer: {answer}'))
+  c.eval.max_new_tokens = ml_collections.ConfigDict(dict(caption=32, vqa=10))
+  c.eval.stop_strings = ('\n', 'Question:')
+  c.eval.num_examples = 0  # first N examples of each task (0: all)
+  c.eval.batch_size = 16
+  c.eval.seed = 0  # draws the few-shot demonstrations
   c.log = ml_collections.ConfigDict(dict(every=50, tensorboard=True))
   return c
 
@@ -78,6 +105,25 @@ def _positive_int(config, key: str) -> None:
     value = value[part]
   _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
            f'must be a positive integer, got {value!r}')
+
+
+def _check_regex(pattern, key: str) -> None:
+  _require(isinstance(pattern, str), key, f'must be a regular expression string, got {pattern!r}')
+  try:
+    re.compile(pattern)
+  except re.error as e:
+    raise ConfigError(f'config.{key}: {pattern!r} is not a valid regular expression ({e})')
+
+
+def _check_param_groups(train) -> None:
+  _check_regex(train.freeze, 'train.freeze')
+  for i, rule in enumerate(train.lr_scales):
+    key = f'train.lr_scales[{i}]'
+    _require(isinstance(rule, (tuple, list)) and len(rule) == 2, key,
+             f'must be a (regex, factor) pair, got {rule!r}')
+    _check_regex(rule[0], key)
+    _require(isinstance(rule[1], (int, float)) and rule[1] >= 0 and math.isfinite(rule[1]),
+             key, f'the factor must be a finite number >= 0, got {rule[1]!r}')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -106,6 +152,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(side <= grid, 'model.connector.num_tokens',
            f'{conn.num_tokens} tokens need a {side}x{side} grid, but the ViT gives only '
            f'{grid}x{grid} patches')
+  if conn.kind == 'attnpool':
+    _positive_int(config, 'model.connector.num_heads')
+    _require(dec.d_model % conn.num_heads == 0, 'model.connector.num_heads',
+             f'{conn.num_heads} does not divide model.decoder.d_model={dec.d_model}')
+  if conn.kind == 'c_abstractor':
+    _positive_int(config, 'model.connector.depth')
+    _positive_int(config, 'model.connector.mlp_depth')
+    _require(isinstance(conn.width, int) and conn.width >= 0, 'model.connector.width',
+             f'must be an integer >= 0 (0: d_model), got {conn.width!r}')
+  for key in ('final_norm', 'drop_class_token', 'scan_layers'):
+    _require(isinstance(vit[key], bool), f'model.vit.{key}', f'must be a bool, got {vit[key]!r}')
   _require(dec.d_model % dec.num_heads == 0, 'model.decoder.d_model',
            f'{dec.d_model} is not divisible by model.decoder.num_heads={dec.num_heads}')
   _require(dec.num_heads % dec.num_kv_heads == 0, 'model.decoder.num_kv_heads',
@@ -118,7 +175,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'Mixture-of-Experts decoders are not available yet; set 0 (dense)')
 
   data = config.data
-  _require(data.backend == 'grain', 'data.backend', f'unknown backend {data.backend!r} (grain)')
+  _require(data.backend in ('grain', 'seqio'), 'data.backend',
+           f'unknown backend {data.backend!r} (grain, seqio)')
+  _require(data.get('resize', 'crop') in ('crop', 'pad'), 'data.resize',
+           f"must be 'crop' or 'pad', got {data.get('resize')!r}")
+  _require(data.get('long_documents', 'split') in ('split', 'truncate'), 'data.long_documents',
+           f"must be 'split' or 'truncate', got {data.get('long_documents')!r}")
+  shards = data.get('shards', 0)
+  _require(isinstance(shards, int) and shards >= 0, 'data.shards',
+           f'must be an integer >= 0 (0: one per process), got {shards!r}')
+  _require(shards == 0 or config.train.batch_size % shards == 0, 'data.shards',
+           f'train.batch_size={config.train.batch_size} is not divisible by {shards}')
   _require(len(data.sources) > 0, 'data.sources', 'no data source configured')
   for name, source in data.sources.items():
     _require('kind' in source and source.kind in ('captions', 'interleaved', 'text'),
@@ -155,6 +222,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"must be 'skip' or 'stop', got {train.on_nonfinite!r}")
   _require(train.batch_size % train.grad_accum == 0, 'train.grad_accum',
            f'train.batch_size={train.batch_size} is not divisible by {train.grad_accum}')
+  _check_param_groups(train)
   for axis in ('data', 'fsdp', 'tensor', 'expert'):
     size = config.mesh[axis]
     _require(isinstance(size, int) and (size == -1 or size >= 1), f'mesh.{axis}',
@@ -162,3 +230,5 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(list(config.mesh.values()).count(-1) <= 1, 'mesh',
            'at most one axis may be -1')
   _require(config.checkpoint.every >= 0, 'checkpoint.every', 'must be >= 0 (0: only at the end)')
+  from mm1_jax.eval import settings as eval_settings  # late: it imports this module
+  eval_settings.validate(config)

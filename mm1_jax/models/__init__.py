@@ -7,6 +7,7 @@ import math
 import jax
 from flax import nnx
 
+from mm1_jax.models.flops import model_flops_per_sequence
 from mm1_jax.models.mm1 import MM1
 
 
@@ -16,4 +17,4 @@ def param_count(config) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-__all__ = ['MM1', 'param_count']
+__all__ = ['MM1', 'model_flops_per_sequence', 'param_count']

@@ -3,7 +3,12 @@
 One `Attention` module serves the ViT (bidirectional, biases, no RoPE) and the decoder
 (causal within segments, no biases, RoPE from the batch `positions`). The attention
 kernel is chosen by name: 'xla' (einsum + mask, runs everywhere), 'cudnn' (cuDNN fused
-attention through jax.nn.dot_product_attention, GPU only), 'splash' (not yet).
+attention through jax.nn.dot_product_attention, GPU only), 'splash' (the Pallas splash
+kernel, TPU only; under a mesh it runs per shard in a shard_map over batch and heads).
+
+The decoder describes its mask as `CausalSegments(segment_ids)` (causal within packed
+segments, padding = segment 0) so that each kernel can use its own form: a dense boolean
+mask for 'xla' and 'cudnn', segment ids and a causal block-sparse mask for 'splash'.
 
 Einsum letters: b batch, t query position, s key position, d embed, n query heads,
 k kv heads, g query heads per kv head (n = k * g), h head_dim.
@@ -11,12 +16,14 @@ k kv heads, g query heads per kv head (n = k * g), h head_dim.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from mm1_jax.models import layers
-from mm1_jax.parallel.rules import constrain
+from mm1_jax.parallel.rules import constrain, logical_to_spec
 
 ATTENTION_KINDS = ('xla', 'cudnn', 'splash')
 
@@ -45,6 +52,16 @@ def packed_causal_mask(segment_ids: jax.Array) -> jax.Array:
   same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
   not_padding = (segment_ids != 0)[:, :, None] & (segment_ids != 0)[:, None, :]
   return (causal[None] & same_segment & not_padding)[:, None, None]
+
+
+class CausalSegments(NamedTuple):
+  """The decoder's mask: causal within each packed segment, segment id 0 is padding."""
+  segment_ids: jax.Array  # int32 [b, t]
+
+
+def dense_mask(mask):
+  """A CausalSegments -> bool [b, 1, 1, t, s]; a boolean mask or None as it is."""
+  return packed_causal_mask(mask.segment_ids) if isinstance(mask, CausalSegments) else mask
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -76,14 +93,52 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation='cudnn')
 
 
+def _splash_local(q, k, v, segment_ids):
+  """Splash attention on one shard: q [b, t, n, h], k/v [b, s, k, h], segment_ids [b, t]."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask
+  _, length, num_heads, head_dim = q.shape
+  mask = splash_attention_mask.MultiHeadMask(
+      [splash_attention_mask.CausalMask((length, length)) for _ in range(num_heads)])
+  kernel = splash_attention_kernel.make_splash_mha(mask, head_shards=1, q_seq_shards=1)
+  # The kernel does not scale: fold 1/sqrt(h) into q. Layout [heads, length, head_dim].
+  q = jnp.swapaxes(q * (head_dim ** -0.5), 1, 2)
+  k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+
+  def one_row(q, k, v, ids):
+    return kernel(q, k, v, segment_ids=splash_attention_kernel.SegmentIds(q=ids, kv=ids))
+
+  return jnp.swapaxes(jax.vmap(one_row)(q, k, v, segment_ids), 1, 2)
+
+
+def splash_attention(q, k, v, mask) -> jax.Array:
+  if jax.default_backend() != 'tpu':
+    raise ValueError(f"model.decoder.attention='splash' needs a TPU, but the backend is "
+                     f"{jax.default_backend()!r}; use 'xla'")
+  if not isinstance(mask, CausalSegments):
+    raise ValueError("attention='splash' serves the decoder's causal segment mask only")
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return _splash_local(q, k, v, mask.segment_ids)
+  # Pallas kernels see local arrays: run per shard (batch and heads split, length whole).
+  q_spec = logical_to_spec(('batch', None, 'heads', None), q.shape, mesh)
+  kv_spec = logical_to_spec(('batch', None, 'kv_heads', None), k.shape, mesh)
+  if q_spec[2] != kv_spec[2]:  # kv heads that cannot follow the query heads' split
+    q_spec = logical_to_spec(('batch', None, None, None), q.shape, mesh)
+    kv_spec = q_spec
+  ids_spec = jax.sharding.PartitionSpec(q_spec[0], None)
+  return jax.shard_map(_splash_local, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, ids_spec),
+                       out_specs=q_spec, check_vma=False)(q, k, v, mask.segment_ids)
+
+
 def attend(q, k, v, mask, kind: str) -> jax.Array:
+  """mask: None, a bool mask broadcastable to [b, k, g, t, s], or CausalSegments."""
   if kind == 'xla':
-    return xla_attention(q, k, v, mask)
+    return xla_attention(q, k, v, dense_mask(mask))
   if kind == 'cudnn':
-    return cudnn_attention(q, k, v, mask)
+    return cudnn_attention(q, k, v, dense_mask(mask))
   if kind == 'splash':
-    raise NotImplementedError("model.decoder.attention='splash' (TPU splash attention) is "
-                              "not implemented yet; use 'xla'")
+    return splash_attention(q, k, v, mask)
   raise ValueError(f'model.decoder.attention={kind!r} is unknown; known: {ATTENTION_KINDS}')
 
 
@@ -128,9 +183,8 @@ class Attention(nnx.Module):
       y = y + bias[...].astype(self.dtype)
     return constrain(y, ('batch', 'length', head_names, 'head_dim'))
 
-  def __call__(self, x: jax.Array, *, mask: jax.Array | None = None,
-               positions: jax.Array | None = None) -> jax.Array:
-    """x [b, t, d] -> [b, t, d]. mask: bool broadcastable to [b, k, g, t, s]."""
+  def project(self, x: jax.Array, positions: jax.Array | None):
+    """x [b, t, d] -> q [b, t, n, h], k and v [b, t, k, h] (q and k rotated when RoPE)."""
     x = x.astype(self.dtype)
     q = self._project(x, self.query, self.query_bias, 'heads')
     k = self._project(x, self.key, self.key_bias, 'kv_heads')
@@ -140,9 +194,45 @@ class Attention(nnx.Module):
         raise ValueError('rotary attention needs positions')
       q = rotary_embedding(q, positions, self.rope_theta)
       k = rotary_embedding(k, positions, self.rope_theta)
-    out = attend(q, k, v, mask, self.kind)
+    return q, k, v
+
+  def combine(self, out: jax.Array) -> jax.Array:
+    """Attention output [b, t, n, h] -> [b, t, d] through the output projection."""
     out = constrain(out, ('batch', 'length', 'heads', 'head_dim'))
     y = jnp.einsum('btnh,nhd->btd', out, self.out[...].astype(self.dtype))
     if self.out_bias is not None:
       y = y + self.out_bias[...].astype(self.dtype)
     return y
+
+  def __call__(self, x: jax.Array, *, mask: jax.Array | None = None,
+               positions: jax.Array | None = None, return_kv: bool = False):
+    """x [b, t, d] -> [b, t, d]. mask: bool broadcastable to [b, k, g, t, s].
+
+    With `return_kv`, also the keys and values [b, t, k, h] (what a KV cache stores).
+    """
+    q, k, v = self.project(x, positions)
+    y = self.combine(attend(q, k, v, mask, self.kind))
+    return (y, k, v) if return_kv else y
+
+  def decode(self, x: jax.Array, positions: jax.Array, k_cache: jax.Array,
+             v_cache: jax.Array, lengths: jax.Array):
+    """One new token per row against a KV cache.
+
+    x [b, 1, d]; positions [b, 1]; k_cache/v_cache [b, s, k, h]; lengths [b]: how many
+    cached entries of each row are valid. The new key/value is written at index
+    lengths[b] and the query attends to entries 0..lengths[b]. The XLA kernel serves
+    every `kind` here: one query row is memory-bound, a fused kernel gains nothing.
+    Returns (y [b, 1, d], k_cache, v_cache).
+    """
+    q, k, v = self.project(x, positions)
+    rows = jnp.arange(k_cache.shape[0])
+    # A scatter of one entry per row (in place when the cache is donated); a row already
+    # full (lengths[b] == s) drops its write.
+    k_cache = k_cache.at[rows, lengths].set(k[:, 0].astype(k_cache.dtype), mode='drop')
+    v_cache = v_cache.at[rows, lengths].set(v[:, 0].astype(v_cache.dtype), mode='drop')
+    slots = jnp.arange(k_cache.shape[1], dtype=jnp.int32)
+    k_cache = constrain(k_cache, ('batch', 'length', 'kv_heads', 'head_dim'))
+    v_cache = constrain(v_cache, ('batch', 'length', 'kv_heads', 'head_dim'))
+    visible = (slots[None, :] <= lengths[:, None])[:, None, None, None, :]  # [b,1,1,1,s]
+    out = xla_attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), visible)
+    return self.combine(out), k_cache, v_cache

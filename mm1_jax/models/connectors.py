@@ -1,21 +1,31 @@
-"""Vision-language connectors: ViT features [n, P(+1), width] -> image tokens [n, K, d_model].
+"""Vision-language connectors: ViT features [n, P(+1), c] -> image tokens [n, K, d_model].
 
 One interface, chosen by `config.model.connector.kind` through the `CONNECTORS` registry:
 a connector class takes `(model_config, *, rngs, dtype)` and maps the ViT output to K
-tokens of the decoder's width. Adding 'attnpool' or 'c_abstractor' is adding a class and
-a registry entry.
+tokens of the decoder's width; its `forward_flops(model_config, grid)` (static) gives the
+forward FLOPs per image for a grid x grid patch layout. Every kind works on any square
+patch grid (the grid is read from the features), so the ViT may run at another
+resolution than configured.
 
-'avgpool' drops the class token, lays the patches out on their grid and averages them to
-sqrt(K) x sqrt(K) cells by AREA-WEIGHTED pooling: output cell i covers the interval
-[i*G/S, (i+1)*G/S) of the G input rows and each input row contributes in proportion to
-its overlap. When S divides G this is exact average pooling; otherwise it is the
-adaptive pooling that PyTorch's AdaptiveAvgPool would approximate, without dropping or
-double-counting patches. The pooling is a fixed linear map (two [S, G] matrices), so it
-shards and differentiates like any einsum. A 2-layer GELU MLP (LLaVA-1.5 style) projects
-to d_model.
+- 'avgpool': the class token dropped, the patches laid out on their grid and averaged to
+  sqrt(K) x sqrt(K) cells by AREA-WEIGHTED pooling (`area_pooling_matrix`: output cell i
+  covers [i*G/S, (i+1)*G/S) of the G input rows, each input row weighted by its overlap;
+  exact average pooling when S divides G, adaptive pooling otherwise, no patch dropped or
+  counted twice), then a 2-layer GELU MLP (LLaVA-1.5 style) to d_model.
+- 'attnpool': K learned queries cross-attend (multi-head, `connector.num_heads`) over the
+  layer-normalised patches (class token included when the ViT outputs it), then the same
+  2-layer MLP.
+- 'c_abstractor': Honeybee's convolutional abstractor: a ResNet-style stage of
+  `connector.depth` bottleneck blocks (1x1 conv, 3x3 depthwise conv, squeeze-excite, 1x1
+  conv, channel LayerNorms, SiLU, residual; the depthwise conv written as nine shifted
+  products), area pooling to sqrt(K) x sqrt(K), a second
+  such stage, and a `connector.mlp_depth`-layer SiLU MLP readout. Stage width
+  `connector.width` (0: d_model). Honeybee's optional learned position embedding of the
+  patches is left out: CLIP features already carry position.
 
-Einsum letters: n images, g/h input grid rows/columns, i/j output grid rows/columns,
-d ViT width.
+Einsum letters: n images, g/w input grid rows/columns, i/j output grid rows/columns,
+c ViT width, d decoder width, p patches (with the class token if any), k output tokens,
+m heads, h head dim, o stage channels, r squeeze-excite channels.
 """
 
 from __future__ import annotations
@@ -28,7 +38,10 @@ import numpy as np
 from flax import nnx
 
 from mm1_jax.models import layers
+from mm1_jax.models.vit import outputs_class_token
 from mm1_jax.parallel.rules import constrain
+
+TOKEN_NAMES = ('batch', 'image_tokens', 'activation_embed')
 
 
 def area_pooling_matrix(input_size: int, output_size: int) -> np.ndarray:
@@ -42,60 +55,235 @@ def area_pooling_matrix(input_size: int, output_size: int) -> np.ndarray:
   return weights / weights.sum(axis=1, keepdims=True)
 
 
+def token_side(num_tokens: int) -> int:
+  side = math.isqrt(num_tokens)
+  if side * side != num_tokens:
+    raise ValueError(f'model.connector.num_tokens={num_tokens} is not a square')
+  return side
+
+
+def patch_grid(features: jax.Array, has_class_token: bool) -> jax.Array:
+  """[n, (1 +) g*g, c] -> [n, g, g, c], the class token dropped."""
+  if has_class_token:
+    features = features[:, 1:]
+  n, num_patches, width = features.shape
+  grid = math.isqrt(num_patches)
+  if grid * grid != num_patches:
+    raise ValueError(f'{num_patches} patches do not form a square grid')
+  return features.reshape(n, grid, grid, width)
+
+
+def area_pool(grid: jax.Array, side: int) -> jax.Array:
+  """[n, g, g, c] -> [n, side, side, c] by area-weighted average pooling."""
+  pool = jnp.asarray(area_pooling_matrix(grid.shape[1], side), grid.dtype)
+  return jnp.einsum('ig,jw,ngwc->nijc', pool, pool, grid)
+
+
+class ReadoutMLP(nnx.Module):
+  """`depth` dense layers with an activation between them: in_features -> d_model."""
+
+  def __init__(self, in_features: int, d_model: int, depth: int, activation, *,
+               rngs: nnx.Rngs, dtype):
+    sizes = [in_features] + [d_model] * depth
+    self.layers = nnx.List([
+        layers.Dense(a, b, names=('embed', 'mlp') if i % 2 == 0 else ('mlp', 'embed'),
+                     use_bias=True, rngs=rngs, dtype=dtype)
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))])
+    self.activation = activation
+
+  def __call__(self, x):
+    for i, layer in enumerate(self.layers):
+      if i:
+        x = self.activation(x)
+      x = layer(x)
+    return constrain(x, TOKEN_NAMES)
+
+  @staticmethod
+  def flops(in_features: int, d_model: int, depth: int) -> float:
+    return 2.0 * (in_features * d_model + (depth - 1) * d_model * d_model)
+
+
+def _gelu(x):
+  return jax.nn.gelu(x, approximate=True)
+
+
 class AvgPoolConnector(nnx.Module):
   """Area-weighted average pooling to sqrt(K) x sqrt(K), then a 2-layer MLP."""
 
   def __init__(self, model_config, *, rngs: nnx.Rngs, dtype=jnp.float32):
     vit, connector = model_config.vit, model_config.connector
-    d_model = model_config.decoder.d_model
-    self.side = math.isqrt(connector.num_tokens)
-    if self.side * self.side != connector.num_tokens:
-      raise ValueError(f'model.connector.num_tokens={connector.num_tokens} is not a square')
-    self.grid = vit.image_size // vit.patch_size
-    self.use_class_token = bool(vit.use_class_token)
-    self.up = layers.Dense(vit.width, d_model, names=('embed', 'mlp'), use_bias=True,
-                           rngs=rngs, dtype=dtype)
-    self.down = layers.Dense(d_model, d_model, names=('mlp', 'embed'), use_bias=True,
-                             rngs=rngs, dtype=dtype)
+    self.side = token_side(connector.num_tokens)
+    self.has_class_token = outputs_class_token(vit)
+    self.readout = ReadoutMLP(vit.width, model_config.decoder.d_model, 2, _gelu,
+                              rngs=rngs, dtype=dtype)
     self.dtype = dtype
 
   def __call__(self, features: jax.Array) -> jax.Array:
-    if self.use_class_token:
-      features = features[:, 1:]
-    n, num_patches, width = features.shape
-    if num_patches != self.grid * self.grid:
-      raise ValueError(f'expected {self.grid}x{self.grid} patches, got {num_patches}')
-    grid = features.reshape(n, self.grid, self.grid, width).astype(self.dtype)
-    pool = jnp.asarray(area_pooling_matrix(self.grid, self.side), self.dtype)
-    pooled = jnp.einsum('ig,jh,nghd->nijd', pool, pool, grid)
-    pooled = pooled.reshape(n, self.side * self.side, width)
-    pooled = constrain(pooled, ('batch', 'image_tokens', 'activation_embed'))
-    hidden = constrain(jax.nn.gelu(self.up(pooled)), ('batch', 'image_tokens', 'mlp'))
-    return constrain(self.down(hidden), ('batch', 'image_tokens', 'activation_embed'))
+    grid = patch_grid(features.astype(self.dtype), self.has_class_token)
+    pooled = area_pool(grid, self.side)
+    pooled = pooled.reshape(pooled.shape[0], self.side * self.side, pooled.shape[-1])
+    return self.readout(constrain(pooled, TOKEN_NAMES))
+
+  @staticmethod
+  def forward_flops(model_config, grid: int) -> float:
+    c, k = model_config.vit.width, model_config.connector.num_tokens
+    side = token_side(k)
+    pool = 2.0 * c * (side * grid * grid + side * side * grid)  # the two pooling einsums
+    return pool + k * ReadoutMLP.flops(c, model_config.decoder.d_model, 2)
 
 
-def _not_implemented(kind: str):
-  """A registry placeholder that fails clearly when the kind is chosen."""
+class AttnPoolConnector(nnx.Module):
+  """K learned queries, multi-head cross-attention over the patches, then a 2-layer MLP."""
 
-  def build(*args, **kwargs):
-    del args, kwargs
-    implemented = sorted(k for k, v in CONNECTORS.items() if isinstance(v, type))
-    raise NotImplementedError(f'model.connector.kind={kind!r} is not implemented yet; '
-                              f'implemented: {implemented}')
+  def __init__(self, model_config, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    vit, connector = model_config.vit, model_config.connector
+    d_model, heads = model_config.decoder.d_model, connector.num_heads
+    if d_model % heads:
+      raise ValueError(f'model.connector.num_heads={heads} does not divide d_model={d_model}')
+    head_dim = d_model // heads
+    self.queries = layers.param(rngs, nnx.initializers.normal(d_model ** -0.5),
+                                (connector.num_tokens, d_model), ('image_tokens', 'embed'))
+    self.norm = layers.LayerNorm(vit.width, eps=vit.norm_eps, rngs=rngs, dtype=dtype)
+    init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+    self.query = layers.param(rngs, init, (d_model, heads, head_dim),
+                              ('embed', 'heads', 'head_dim'))
+    self.key = layers.param(rngs, init, (vit.width, heads, head_dim),
+                            ('embed', 'heads', 'head_dim'))
+    self.value = layers.param(rngs, init, (vit.width, heads, head_dim),
+                              ('embed', 'heads', 'head_dim'))
+    self.out = layers.param(rngs, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
+                            (heads, head_dim, d_model), ('heads', 'head_dim', 'embed'))
+    self.readout = ReadoutMLP(d_model, d_model, 2, _gelu, rngs=rngs, dtype=dtype)
+    self.dtype = dtype
 
-  return build
+  def __call__(self, features: jax.Array) -> jax.Array:
+    dt = self.dtype
+    x = self.norm(features.astype(dt))
+    q = jnp.einsum('kd,dmh->kmh', self.queries[...].astype(dt), self.query[...].astype(dt))
+    k = jnp.einsum('npc,cmh->npmh', x, self.key[...].astype(dt))
+    v = jnp.einsum('npc,cmh->npmh', x, self.value[...].astype(dt))
+    scores = jnp.einsum('kmh,npmh->nmkp', q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(scores * q.shape[-1] ** -0.5, axis=-1).astype(dt)
+    attended = jnp.einsum('nmkp,npmh->nkmh', weights, v)
+    tokens = jnp.einsum('nkmh,mhd->nkd', attended, self.out[...].astype(dt))
+    return self.readout(constrain(tokens, TOKEN_NAMES))
+
+  @staticmethod
+  def forward_flops(model_config, grid: int) -> float:
+    c, d, k = model_config.vit.width, model_config.decoder.d_model, model_config.connector.num_tokens
+    p = grid * grid + int(outputs_class_token(model_config.vit))
+    return 2.0 * (2 * p * c * d + k * d * d + 2 * k * p * d + k * d * d) + \
+        k * ReadoutMLP.flops(d, d, 2)
+
+
+def depthwise_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """'Same'-padded 3x3 depthwise convolution of x [n, g, w, o] with kernel [3, 3, o], as
+  nine shifted products (cheap to compile and to differentiate; the op is memory-bound)."""
+  rows, cols = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = jnp.zeros_like(x)
+  for i in range(3):
+    for j in range(3):
+      out = out + padded[:, i:i + rows, j:j + cols] * kernel[i, j]
+  return out
+
+
+class BottleneckBlock(nnx.Module):
+  """ResNet-style block on [n, g, w, channels]: 1x1, 3x3 depthwise, squeeze-excite, 1x1."""
+
+  def __init__(self, in_channels: int, channels: int, eps: float, *, rngs: nnx.Rngs, dtype):
+    dense = lambda a, b, names, bias=False: layers.Dense(a, b, names=names, use_bias=bias,
+                                                         rngs=rngs, dtype=dtype)
+    norm = lambda: layers.LayerNorm(channels, eps=eps, rngs=rngs, dtype=dtype)
+    self.expand = dense(in_channels, channels, ('embed', 'mlp'))
+    self.expand_norm = norm()
+    depthwise_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+    self.depthwise = layers.param(rngs, depthwise_init, (3, 3, channels), (None, None, 'mlp'))
+    self.depthwise_norm = norm()
+    squeeze = max(1, channels // 4)
+    self.se_down = dense(channels, squeeze, ('mlp', None), bias=True)
+    self.se_up = dense(squeeze, channels, (None, 'mlp'), bias=True)
+    self.project = dense(channels, channels, ('mlp', 'embed'))
+    self.project_norm = norm()
+    self.shortcut = (dense(in_channels, channels, ('embed', 'mlp')) if in_channels != channels
+                     else None)
+    self.shortcut_norm = norm() if self.shortcut is not None else None
+    self.dtype = dtype
+
+  def __call__(self, x):
+    h = jax.nn.silu(self.expand_norm(self.expand(x)))
+    h = depthwise_conv3x3(h, self.depthwise[...].astype(self.dtype))
+    h = jax.nn.silu(self.depthwise_norm(h))
+    gate = jax.nn.sigmoid(self.se_up(jax.nn.silu(self.se_down(jnp.mean(h, axis=(1, 2))))))
+    h = h * gate[:, None, None, :]
+    h = self.project_norm(self.project(h))
+    shortcut = x if self.shortcut is None else self.shortcut_norm(self.shortcut(x))
+    return jax.nn.silu(h + shortcut)
+
+  @staticmethod
+  def flops(in_channels: int, channels: int, cells: int) -> float:
+    squeeze = max(1, channels // 4)
+    per_cell = in_channels * channels + 9 * channels + channels * channels
+    per_cell += in_channels * channels if in_channels != channels else 0
+    return 2.0 * (cells * per_cell + 2 * channels * squeeze)
+
+
+class CAbstractor(nnx.Module):
+  """Honeybee's C-Abstractor: stage, adaptive average pooling, stage, MLP readout."""
+
+  def __init__(self, model_config, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    vit, connector = model_config.vit, model_config.connector
+    d_model = model_config.decoder.d_model
+    width = connector.width or d_model
+    self.side = token_side(connector.num_tokens)
+    self.has_class_token = outputs_class_token(vit)
+    if connector.depth < 1 or connector.mlp_depth < 1:
+      raise ValueError('model.connector.depth and model.connector.mlp_depth must be >= 1')
+    eps = vit.norm_eps
+    self.stage1 = nnx.List([BottleneckBlock(vit.width if i == 0 else width, width, eps,
+                                            rngs=rngs, dtype=dtype)
+                            for i in range(connector.depth)])
+    self.stage2 = nnx.List([BottleneckBlock(width, width, eps, rngs=rngs, dtype=dtype)
+                            for _ in range(connector.depth)])
+    self.readout = ReadoutMLP(width, d_model, connector.mlp_depth, jax.nn.silu,
+                              rngs=rngs, dtype=dtype)
+    self.dtype = dtype
+
+  def __call__(self, features: jax.Array) -> jax.Array:
+    x = patch_grid(features.astype(self.dtype), self.has_class_token)
+    for block in self.stage1:
+      x = block(x)
+    x = area_pool(x, self.side)
+    for block in self.stage2:
+      x = block(x)
+    x = x.reshape(x.shape[0], self.side * self.side, x.shape[-1])
+    return self.readout(constrain(x, TOKEN_NAMES))
+
+  @staticmethod
+  def forward_flops(model_config, grid: int) -> float:
+    connector = model_config.connector
+    d, c = model_config.decoder.d_model, model_config.vit.width
+    width, k = connector.width or d, connector.num_tokens
+    total = BottleneckBlock.flops(c, width, grid * grid)
+    total += (connector.depth - 1) * BottleneckBlock.flops(width, width, grid * grid)
+    total += connector.depth * BottleneckBlock.flops(width, width, k)
+    total += 2.0 * width * (token_side(k) * grid * grid + k * grid)
+    return total + k * ReadoutMLP.flops(width, d, connector.mlp_depth)
 
 
 CONNECTORS = {
     'avgpool': AvgPoolConnector,
-    'attnpool': _not_implemented('attnpool'),
-    'c_abstractor': _not_implemented('c_abstractor'),
+    'attnpool': AttnPoolConnector,
+    'c_abstractor': CAbstractor,
 }
+
+
+def connector_class(kind: str) -> type:
+  if kind not in CONNECTORS:
+    raise ValueError(f'model.connector.kind={kind!r} is unknown; known: {sorted(CONNECTORS)}')
+  return CONNECTORS[kind]
 
 
 def make_connector(model_config, *, rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.Module:
   """The connector named by model_config.connector.kind."""
-  kind = model_config.connector.kind
-  if kind not in CONNECTORS:
-    raise ValueError(f'model.connector.kind={kind!r} is unknown; known: {sorted(CONNECTORS)}')
-  return CONNECTORS[kind](model_config, rngs=rngs, dtype=dtype)
+  return connector_class(model_config.connector.kind)(model_config, rngs=rngs, dtype=dtype)

@@ -9,6 +9,14 @@ Defensive choices when that invariant is broken: an image position whose slot is
 valid (`image_valid` False) or whose rank is beyond the m*K available embeddings gets a
 zero embedding (never another image's, never NaN).
 
+KV-cache decoding (static shapes, jit- and donation-friendly). The cache is a plain dict
+    {'k', 'v': [num_layers, B, max_length, kv_heads, head_dim] (cache['k'][i] is layer i),
+     'lengths': int32 [B]: how many positions of each row hold keys and values}
+`prefill(batch, cache)` runs the prompt (one segment per row, right padding) and stores
+positions 0..L-1; `decode_step(tokens, cache)` appends one token per row at index and
+position lengths[b]. Entries at or beyond lengths[b] may hold stale values (the prompt's
+padding); they are never attended to and are overwritten as the row grows.
+
 Einsum letters: none (the assembly only gathers and selects).
 """
 
@@ -36,6 +44,8 @@ class MM1(nnx.Module):
     self.vit = ViT(model.vit, rngs=rngs, dtype=dtype)
     self.connector = make_connector(model, rngs=rngs, dtype=dtype)
     self.decoder = Decoder(model.decoder, rngs=rngs, dtype=dtype)
+    d = model.decoder
+    self.cache_shape = (d.num_layers, d.num_kv_heads, d.d_model // d.num_heads)
     self.dtype = dtype
 
   def image_features(self, images: jax.Array) -> jax.Array:
@@ -62,8 +72,8 @@ class MM1(nnx.Module):
     use = is_image & (rank < available)
     return constrain(jnp.where(use[..., None], gathered, text_embeddings), ACTIVATION_NAMES)
 
-  def __call__(self, batch) -> tuple[jax.Array, dict]:
-    """batch (the DESIGN.md contract) -> (float32 logits [b, l, v], aux scalars)."""
+  def embed(self, batch) -> jax.Array:
+    """Token embeddings with the batch's images scattered into their runs [b, l, d]."""
     tokens = batch['tokens']
     x = self.decoder.embed_tokens(tokens)
     if 'images' in batch and batch['images'].shape[1] > 0:
@@ -71,5 +81,40 @@ class MM1(nnx.Module):
       if image_valid is None:
         image_valid = jnp.ones(batch['images'].shape[:2], jnp.bool_)
       x = self.scatter_images(x, tokens, batch['images'], image_valid)
-    logits = self.decoder(x, batch['segment_ids'], batch['positions'])
+    return x
+
+  def __call__(self, batch) -> tuple[jax.Array, dict]:
+    """batch (the DESIGN.md contract) -> (float32 logits [b, l, v], aux scalars)."""
+    logits = self.decoder(self.embed(batch), batch['segment_ids'], batch['positions'])
     return logits, {}
+
+  def init_cache(self, batch_size: int, max_length: int) -> dict:
+    """An empty KV cache for `batch_size` rows of up to `max_length` positions."""
+    num_layers, kv_heads, head_dim = self.cache_shape
+    shape = (num_layers, batch_size, max_length, kv_heads, head_dim)
+    return {'k': jnp.zeros(shape, self.dtype), 'v': jnp.zeros(shape, self.dtype),
+            'lengths': jnp.zeros((batch_size,), jnp.int32)}
+
+  def prefill(self, batch, cache: dict) -> tuple[jax.Array, dict]:
+    """Runs the prompts (one segment per row, segment id 0 on right padding).
+
+    Returns float32 logits [b, l, v] and the cache holding positions 0..l-1 of each row,
+    with lengths[b] = the number of non-padding tokens of row b.
+    """
+    segment_ids = batch['segment_ids']
+    length, max_length = segment_ids.shape[1], cache['k'].shape[2]
+    if length > max_length:
+      raise ValueError(f'prompt length {length} exceeds the cache length {max_length}')
+    logits, k, v = self.decoder.prefill(self.embed(batch), segment_ids, batch['positions'])
+    cache = {
+        'k': jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype), (0,) * 5),
+        'v': jax.lax.dynamic_update_slice(cache['v'], v.astype(cache['v'].dtype), (0,) * 5),
+        'lengths': jnp.sum(segment_ids != 0, axis=1, dtype=jnp.int32)}
+    return logits, cache
+
+  def decode_step(self, tokens: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
+    """Appends tokens int32 [b] at index and position lengths[b]; float32 logits [b, v]."""
+    lengths = cache['lengths']
+    x = self.decoder.embed_tokens(tokens[:, None])
+    logits, k, v = self.decoder.decode(x, lengths[:, None], cache['k'], cache['v'], lengths)
+    return logits[:, 0], {'k': k, 'v': v, 'lengths': lengths + 1}

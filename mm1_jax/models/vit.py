@@ -9,12 +9,25 @@ normalised by a final LayerNorm.
 `feature_layer` indexes the hidden states as CLIP/LLaVA do: state 0 is the embedding
 output, state i the output of block i, so -1 is the last block and -2 the penultimate.
 Blocks after the selected one would never run, so they are not built (an importer of
-CLIP weights drops them); the final LayerNorm is applied to the selected state.
+CLIP weights drops them). `final_norm` applies the final LayerNorm to the selected state
+(CLIP's hidden states, which LLaVA and MM1 take, have none: set it False to match them).
+With `use_class_token`, `drop_class_token` removes the class token from the output after
+it took part in attention, as CLIP-feature consumers usually do.
+
+`scan_layers` stacks the blocks on a leading 'layers' axis and scans over them, as the
+decoder does (one compiled block for ViT-H's 32).
+
+Position embeddings are learned for the configured grid. Images of another size (any
+multiple of the patch size) get the patch table resized bicubically to their grid (the
+class token's embedding is kept): `interpolate_position_embedding`, which the HF importer
+also uses when a checkpoint was trained at another resolution (224 -> 336 -> 378 -> 672).
 
 Einsum letters: n images, p patches, c pixels per patch (p*p*3), d width, f mlp.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +41,39 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 ACTIVATION_NAMES = ('batch', 'image_patches', 'activation_embed')
+
+# Named sizes (CLIP's): width, depth, heads, mlp_dim, patch size.
+VIT_SIZES = {
+    'B/16': dict(width=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=16),
+    'L/14': dict(width=1024, depth=24, num_heads=16, mlp_dim=4096, patch_size=14),
+    'H/14': dict(width=1280, depth=32, num_heads=16, mlp_dim=5120, patch_size=14),
+}
+
+
+def set_size(vit_config, name: str, image_size: int) -> None:
+  """Sets a named size (VIT_SIZES) and the image size on a model.vit config section."""
+  if name not in VIT_SIZES:
+    raise ValueError(f'unknown ViT size {name!r}; known: {sorted(VIT_SIZES)}')
+  vit_config.update(VIT_SIZES[name])
+  vit_config.image_size = image_size
+
+
+def outputs_class_token(vit_config) -> bool:
+  """Whether the ViT's output starts with the class token."""
+  return bool(vit_config.use_class_token) and not bool(vit_config.get('drop_class_token', False))
+
+
+def interpolate_position_embedding(table: jax.Array, grid: int, has_class_token: bool):
+  """[(1 +) g*g, d] -> [(1 +) grid*grid, d]: the patch part resized bicubically."""
+  cls, patches = (table[:1], table[1:]) if has_class_token else (table[:0], table)
+  old = math.isqrt(patches.shape[0])
+  if old * old != patches.shape[0]:
+    raise ValueError(f'{patches.shape[0]} position embeddings do not form a square grid')
+  if old != grid:
+    patches = jax.image.resize(patches.reshape(old, old, -1).astype(jnp.float32),
+                               (grid, grid, patches.shape[-1]), 'bicubic')
+    patches = patches.reshape(grid * grid, -1).astype(table.dtype)
+  return jnp.concatenate([cls, patches], axis=0)
 
 
 def normalize_pixels(images: jax.Array) -> jax.Array:
@@ -96,17 +142,29 @@ class ViT(nnx.Module):
     self.position_embedding = layers.param(rngs, normal, (num_positions, c.width),
                                            ('image_patches', 'embed'))
     self.pre_norm = layers.LayerNorm(c.width, eps=c.norm_eps, rngs=rngs, dtype=dtype)
-    self.blocks = nnx.List([Block(c, rngs=rngs, dtype=dtype)
-                            for _ in range(num_blocks(c.depth, c.feature_layer))])
-    self.final_norm = layers.LayerNorm(c.width, eps=c.norm_eps, rngs=rngs, dtype=dtype)
+    count = num_blocks(c.depth, c.feature_layer)
+    self.scan_layers = bool(c.get('scan_layers', False))
+    if self.scan_layers:
+      @nnx.split_rngs(splits=count)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+      def create_stack(rngs):
+        return Block(c, rngs=rngs, dtype=dtype)
+      self.blocks = create_stack(rngs)
+    else:
+      self.blocks = nnx.List([Block(c, rngs=rngs, dtype=dtype) for _ in range(count)])
+    self.final_norm = (layers.LayerNorm(c.width, eps=c.norm_eps, rngs=rngs, dtype=dtype)
+                       if c.get('final_norm', True) else None)
+    self.drop_class_token = bool(c.get('drop_class_token', False))
     self.dtype = dtype
 
   def patchify(self, images: jax.Array) -> jax.Array:
-    """[n, H, W, 3] -> [n, grid*grid, p*p*3], patches in row-major grid order."""
+    """[n, H, W, 3] -> [n, rows*cols, p*p*3], patches in row-major grid order."""
     n, height, width, channels = images.shape
-    p, g = self.patch_size, self.grid
-    if height != g * p or width != g * p:
-      raise ValueError(f'images are {height}x{width}, the ViT expects {g * p}x{g * p}')
+    p = self.patch_size
+    if height % p or width % p or height != width:
+      raise ValueError(f'images are {height}x{width}; the ViT needs square images whose '
+                       f'side is a multiple of the patch size {p}')
+    g = height // p
     x = images.reshape(n, g, p, g, p, channels).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(n, g * g, p * p * channels)
 
@@ -115,8 +173,20 @@ class ViT(nnx.Module):
     if self.class_token is not None:
       cls = jnp.broadcast_to(self.class_token[...].astype(self.dtype), (x.shape[0], 1, x.shape[-1]))
       x = jnp.concatenate([cls, x], axis=1)
-    x = x + self.position_embedding[...].astype(self.dtype)
+    grid = images.shape[1] // self.patch_size
+    positions = interpolate_position_embedding(self.position_embedding[...], grid,
+                                               self.class_token is not None)
+    x = x + positions.astype(self.dtype)
     x = constrain(self.pre_norm(x), ACTIVATION_NAMES)
-    for block in self.blocks:
-      x = block(x)
-    return self.final_norm(x)
+    if self.scan_layers:
+      @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
+                transform_metadata={nnx.PARTITION_NAME: 'layers'})
+      def run_stack(x, block):
+        return block(x)
+      x = run_stack(x, self.blocks)
+    else:
+      for block in self.blocks:
+        x = block(x)
+    if self.final_norm is not None:
+      x = self.final_norm(x)
+    return x[:, 1:] if self.drop_class_token and self.class_token is not None else x

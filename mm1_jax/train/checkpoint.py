@@ -1,14 +1,19 @@
 """Orbax checkpoints of the train state together with the data iterator's position.
 
-Layout: WORKDIR/checkpoints/<step>/{state,data}. `state` holds params, optimizer state and
-step (sharded arrays, written asynchronously when `checkpoint.async`); `data` holds the Grain
-iterator state of every process, so a resumed run reads exactly the batches an
-uninterrupted one would. Orbax writes each step into a temporary directory and renames it
-when complete, so a save killed half-way is never taken for a checkpoint.
+Layout: WORKDIR/checkpoints/<step>/{state,data,config}. `state` holds params, optimizer
+state and step (sharded arrays, written asynchronously when `checkpoint.async`); `data`
+holds the Grain iterator state of every process, so a resumed run reads exactly the
+batches an uninterrupted one would; `config` is the resolved config the step was trained
+with. Orbax writes each step into a temporary directory and renames it when complete, so a
+save killed half-way is never taken for a checkpoint (`latest_step` skips it).
+
+The state is restored into whatever layout the caller's abstract state carries: a
+checkpoint written under one mesh restores under another (Orbax reshards on read).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import grain
@@ -23,7 +28,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=use_async)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=('state', 'data'))
+                                          item_names=('state', 'data', 'config'))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -31,10 +36,14 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state, data_iterator) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+  def save(self, step: int, state, data_iterator=None, config=None) -> None:
+    """Starts writing `step` (returns once the arrays are copied off the devices)."""
+    items = {'state': ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    if config is not None:
+      items['config'] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """Restores the state into the layout of `abstract_state` (and the iterator in place)."""

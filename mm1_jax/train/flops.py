@@ -16,6 +16,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 KNOWN_PEAKS = {
@@ -60,7 +61,8 @@ def measured_matmul_flops(size: int = 512, repeats: int = 5) -> float:
   devices = jax.local_devices()
   mesh = jax.sharding.Mesh(devices, ('d',))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('d'))
-  x = jax.device_put(jnp.ones((len(devices), size, size), jnp.float32), sharding)
+  # From host memory onto this process's devices only (never the job's global mesh).
+  x = jax.device_put(np.ones((len(devices), size, size), np.float32), sharding)
   matmul = jax.jit(lambda a: jnp.einsum('nij,njk->nik', a, a), out_shardings=sharding)
   matmul(x).block_until_ready()
   best = float('inf')

@@ -7,12 +7,19 @@ matrices (ndim >= 2) decay; norms' scales and biases do not.
 
 The peak learning rate is either a number or `'mm1_law'`:
     lr = exp(-0.4214 * ln(N) - 0.5535), N = number of parameters.
+
+Parameter groups are regex rules over parameter paths ('vit/layers/0/mlp/up/kernel'):
+`train.freeze` names parameters that never change (no update, no decay, no optimizer
+state, and their gradients do not count in the clipping norm); `train.lr_scales` is a
+sequence of (regex, factor) pairs, the first match scaling that parameter's update (and so
+its learning rate; e.g. a faster connector).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import jax
 import optax
@@ -58,7 +65,53 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: getattr(p, 'ndim', 0) >= 2, params)
 
 
+def param_path(key_path) -> str:
+  """'vit/layers/0/mlp/up/kernel' for a jax key path into the parameter dict."""
+  parts = []
+  for key in key_path:
+    for attribute in ('key', 'idx', 'name'):
+      if hasattr(key, attribute):
+        parts.append(str(getattr(key, attribute)))
+        break
+    else:
+      parts.append(str(key))
+  return '/'.join(parts)
+
+
+def _paths_matching(pattern: str):
+  """A mask function: True for the parameters whose path matches `pattern` (re.search)."""
+  compiled = re.compile(pattern)
+  return lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(compiled.search(param_path(path))), params)
+
+
+def _first_match_masks(rules) -> list[tuple[float, object]]:
+  """[(factor, mask function)], where a parameter belongs to the first rule it matches."""
+  compiled = [(re.compile(pattern), float(factor)) for pattern, factor in rules]
+
+  def group_of(path) -> int:
+    text = param_path(path)
+    return next((i for i, (regex, _) in enumerate(compiled) if regex.search(text)), -1)
+
+  def mask_for(index):
+    return lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: group_of(path) == index, params)
+
+  return [(factor, mask_for(i)) for i, (_, factor) in enumerate(compiled)]
+
+
 def make_optimizer(config, settings: OptimizerSettings) -> optax.GradientTransformation:
+  tx = _trainable_optimizer(config, settings)
+  freeze = config.train.get('freeze', '')
+  if not freeze:
+    return tx
+  frozen = _paths_matching(freeze)
+  labels = lambda params: jax.tree.map(lambda f: 'frozen' if f else 'trainable',
+                                       frozen(params))
+  return optax.multi_transform({'trainable': tx, 'frozen': optax.set_to_zero()}, labels)
+
+
+def _trainable_optimizer(config, settings: OptimizerSettings) -> optax.GradientTransformation:
   opt = config.train.optimizer
   schedule = make_schedule(settings)
   parts = []
@@ -71,4 +124,6 @@ def make_optimizer(config, settings: OptimizerSettings) -> optax.GradientTransfo
     parts.append(optax.add_decayed_weights(settings.weight_decay / settings.peak_lr,
                                            mask=_decay_mask))
   parts.append(optax.scale_by_learning_rate(schedule))
+  for factor, mask in _first_match_masks(config.train.get('lr_scales', ())):
+    parts.append(optax.masked(optax.scale(factor), mask))
   return optax.chain(*parts)

@@ -52,9 +52,12 @@ def make_layout(config, mesh: Mesh, tx: optax.GradientTransformation) -> StateLa
   pure_params = nnx.to_pure_dict(abstract_params)
   abstract_opt = jax.eval_shape(tx.init, pure_params)
   replicated = NamedSharding(mesh, PartitionSpec())
+  # Moments follow their parameters. Masked transforms (frozen parameter groups) hold no
+  # state for the parameters they skip: their MaskedNode placeholders stay as they are.
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract_opt, param_shardings,
-      transform_non_params=lambda _: replicated)
+      tx, lambda leaf, sharding: leaf if is_masked(leaf) else sharding, abstract_opt,
+      param_shardings, transform_non_params=lambda _: replicated, is_leaf=is_masked)
   shardings = {'step': replicated, 'params': param_shardings, 'opt_state': opt_shardings}
   abstract = {'step': jax.ShapeDtypeStruct((), jnp.int32),
               'params': pure_params, 'opt_state': abstract_opt}

@@ -80,7 +80,9 @@ def train_step(state, batch, *, graphdef, tx: optax.GradientTransformation, num_
   updates, new_opt_state = tx.update(grads, state['opt_state'], state['params'])
   new_params = optax.apply_updates(state['params'], updates)
   loss = sums.pop('loss_sum') / normaliser
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  # The update itself is checked too: finite gradients can still overflow in the optimizer.
+  finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            & jnp.isfinite(optax.global_norm(updates)))
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = {
       'step': state['step'] + 1,

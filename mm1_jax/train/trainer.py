@@ -3,7 +3,14 @@
 `train(config, workdir)` is what `python -m mm1_jax.train` runs. Re-running it on the same
 workdir resumes from the latest complete checkpoint, data position included. SIGTERM (a
 preemption notice) and `train.max_runtime` make it finish the current step, save, wait for
-the save to be durable and return normally.
+the save to be durable and return normally. With several processes the stop is agreed
+after every step (any process's reason stops all at the same step), since a process that
+stopped alone would leave the others waiting in a collective.
+
+Non-finite steps are never applied (see step.py). With `train.on_nonfinite='stop'` each
+step's flag is read one step late (so the host does not wait for the device every step)
+and the run stops naming the first non-finite step, before any later checkpoint;
+with 'skip' they are counted as `nonfinite_steps` in metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
@@ -51,6 +59,8 @@ class Summary:
   checkpoints: list[int]
   skipped_records: int
   stopped_early: str | None = None
+  nonfinite_steps: int = 0
+  final_eval: dict[str, float] = dataclasses.field(default_factory=dict)
 
   def describe(self) -> str:
     lines = [f'trained steps {self.start_step} -> {self.steps} in {self.seconds:.1f} s'
@@ -59,7 +69,11 @@ class Summary:
       lines.append(f'loss: first logged {self.first_loss:.4f}, final {self.final_loss:.4f}')
     for name, value in self.final_source_loss.items():
       lines.append(f'  loss/{name}: {value:.4f}')
+    for name, value in sorted(self.final_eval.items()):
+      lines.append(f'  {name}: {value:.2f}')
     lines.append(f'skipped data records: {self.skipped_records}')
+    if self.nonfinite_steps:
+      lines.append(f'non-finite steps skipped: {self.nonfinite_steps}')
     lines.append(f'checkpoints: {os.path.join(self.workdir, "checkpoints")} steps {self.checkpoints}')
     lines.append(f'metrics: {os.path.join(self.workdir, "metrics.jsonl")}')
     return '\n'.join(lines)
@@ -113,6 +127,20 @@ def check_batch_divides(config, mesh) -> None:
         f'{dict(mesh.shape)}')
 
 
+def _eval_due(config, step: int) -> bool:
+  every = config.eval.every
+  return bool(every and config.eval.tasks) and (step % every == 0 or step == config.train.steps)
+
+
+def _evaluate(config, layout, state, tokenizer, step: int, workdir: str, mesh, *,
+              show_progress: bool) -> dict[str, float]:
+  """Few-shot evaluation of the current parameters (`eval.tasks` x `eval.shots`)."""
+  from mm1_jax.eval import evaluator  # imported only when a run evaluates
+  model = state_lib.merge_model(layout.graphdef, state['params'])
+  return evaluator.evaluate_model(config, model, tokenizer, step, workdir, mesh=mesh,
+                                  show_progress=show_progress)
+
+
 class _StopFlag:
   """Set by SIGTERM (preemption) or the runtime budget; checked after every step."""
 
@@ -132,28 +160,73 @@ class _StopFlag:
   def check(self) -> str | None:
     if self.reason is None and self._deadline is not None and time.monotonic() > self._deadline:
       self.reason = 'train.max_runtime'
+    if jax.process_count() > 1:
+      self.reason = self._agreed(self.reason)
     return self.reason
+
+  @staticmethod
+  def _agreed(reason: str | None) -> str | None:
+    """The first reason any process has (SIGTERM may reach only some of them)."""
+    codes = {None: 0, 'SIGTERM': 1, 'train.max_runtime': 2}
+    names = {code: name for name, code in codes.items()}
+    everyone = multihost_utils.process_allgather(np.int32(codes[reason]))
+    stopping = [int(c) for c in np.ravel(everyone) if c]
+    return names[min(stopping)] if stopping else None
 
   def restore(self):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+class _NonFiniteGuard:
+  """Counts non-finite steps and, for 'stop', raises naming the first one.
+
+  A step's flag is read when the next step has been dispatched (`after_dispatch`), so the
+  host waits for a step that is already finished instead of stalling the device queue.
+  """
+
+  def __init__(self, mode: str):
+    self.mode = mode
+    self.count = 0
+    self._pending: list[tuple[int, jax.Array]] = []
+
+  def after_dispatch(self, step: int, metrics: dict) -> None:
+    self._pending.append((step, metrics))
+    while len(self._pending) > 1:
+      self._read(*self._pending.pop(0))
+
+  def check_all(self) -> None:
+    while self._pending:
+      self._read(*self._pending.pop(0))
+
+  def _read(self, step: int, metrics: dict) -> None:
+    if not int(jax.device_get(metrics['nonfinite'])):
+      return
+    self.count += 1
+    if self.mode == 'stop':
+      raise NonFiniteError(
+          f'step {step}: non-finite loss or gradient (loss={float(metrics["loss"])}, '
+          f'grad_norm={float(metrics["grad_norm"])}); the update was not applied and no '
+          f'checkpoint holds it. Set train.on_nonfinite=skip to skip such steps.')
+
+
 def _window_metrics(window: list[dict], source_names: list[str], seconds: float,
                     tokens_per_step: int, flops_per_step: float, peak: float) -> dict:
   host = jax.device_get(window)
   out = {}
-  tokens = sum(float(m['text_tokens']) for m in host)
-  out['loss'] = sum(float(m['loss']) * float(m['text_tokens']) for m in host) / max(tokens, 1.0)
-  loss_sum = np.sum([m['source_loss_sum'] for m in host], axis=0)
-  source_tokens = np.sum([m['source_tokens'] for m in host], axis=0)
-  rows = np.sum([m['source_rows'] for m in host], axis=0)
+  out['nonfinite_steps'] = float(sum(int(m['nonfinite']) for m in host))
+  # Skipped (non-finite) steps do not enter the window's averages.
+  applied = [m for m in host if not int(m['nonfinite'])] or host
+  tokens = sum(float(m['text_tokens']) for m in applied)
+  out['loss'] = sum(float(m['loss']) * float(m['text_tokens']) for m in applied) / max(tokens, 1.0)
+  loss_sum = np.sum([m['source_loss_sum'] for m in applied], axis=0)
+  source_tokens = np.sum([m['source_tokens'] for m in applied], axis=0)
+  rows = np.sum([m['source_rows'] for m in applied], axis=0)
   for i, name in enumerate(source_names):
     if source_tokens[i] > 0:
       out[f'loss/{name}'] = float(loss_sum[i] / source_tokens[i])
     out[f'data/{name}_fraction'] = float(rows[i] / max(rows.sum(), 1))
   out['grad_norm'] = float(host[-1]['grad_norm'])
-  out['nonfinite_steps'] = float(sum(int(m['nonfinite']) for m in host))
   for key in host[-1]:
     if key.startswith('aux/'):
       out[key] = float(np.mean([m[key] for m in host]))
@@ -163,14 +236,15 @@ def _window_metrics(window: list[dict], source_names: list[str], seconds: float,
   return out
 
 
-def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
+def prepare_workdir(config, workdir: str):
+  """Validates the config, makes sure the data exists and writes what every run directory
+  holds besides checkpoints (config.json, the tokenizer). Returns (workdir, tokenizer)."""
   config_lib.validate(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   if is_main:
     _write_json_atomic(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
-
   prepare_data(config)
   tokenizer = grain_pipeline.load_tokenizer(config)
   check_tokenizer(config, tokenizer)
@@ -179,6 +253,12 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
     shutil.copyfile(grain_pipeline.resolve_path(config, config.data.tokenizer),
                     tokenizer_copy + '.tmp')
     os.replace(tokenizer_copy + '.tmp', tokenizer_copy)
+  return workdir, tokenizer
+
+
+def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
+  workdir, tokenizer = prepare_workdir(config, workdir)
+  is_main = jax.process_index() == 0
   source_names = grain_pipeline.source_names(config)
 
   mesh = mesh_lib.make_mesh(config.mesh)
@@ -205,10 +285,11 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
     state = state_lib.init_state(config, layout, tx)
   start_step = int(jax.device_get(state['step']))
 
+  # Per process: this process's step share of the FLOPs over its own devices' peak
+  # (measured outside the job's mesh: it runs on this process's devices only).
+  peak, peak_source = flops_lib.peak_flops()
   with jax.set_mesh(mesh):
     writer = logging_lib.MetricWriter(workdir, tensorboard=config.log.tensorboard, enabled=is_main)
-    # Per process: this process's step share of the FLOPs over its own devices' peak.
-    peak, peak_source = flops_lib.peak_flops()
     total_peak = peak * jax.process_count()
     tokens_per_step = config.train.batch_size * config.data.seq_len
     if is_main:
@@ -218,8 +299,10 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
 
     train_step = None
     stop = _StopFlag(config.train.max_runtime)
+    nonfinite_guard = _NonFiniteGuard(config.train.on_nonfinite)
     window, window_images, window_skipped = [], 0.0, 0
     total_skipped = 0
+    final_eval: dict[str, float] = {}
     first_loss = final_loss = None
     final_source_loss: dict[str, float] = {}
     window_start = time.perf_counter()
@@ -239,18 +322,14 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
                  for k, v in local_batch.items()}
         state, metrics = train_step(state, batch)
         step += 1
+        nonfinite_guard.after_dispatch(step, metrics)
         window.append(metrics)
         window_skipped += skipped
         total_skipped += skipped
         progress.update(1)
 
         if step == start_step + 1 or step % config.log.every == 0 or step == config.train.steps:
-          nonfinite = int(jax.device_get(metrics['nonfinite']))
-          if nonfinite and config.train.on_nonfinite == 'stop':
-            raise NonFiniteError(
-                f'step {step}: non-finite loss or gradient (loss={float(metrics["loss"])}, '
-                f'grad_norm={float(metrics["grad_norm"])}); the update was not applied and no '
-                f'checkpoint holds it. Set train.on_nonfinite=skip to skip such steps.')
+          nonfinite_guard.check_all()
           seconds = time.perf_counter() - window_start
           flops_per_step = flops_lib.train_flops_per_step(
               config, state['params'], num_images=window_images / len(window))
@@ -268,18 +347,20 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
                                tok_s=f'{logged["tokens_per_s"]:.0f}')
           window, window_images, window_skipped = [], 0.0, 0
           window_start = time.perf_counter()
-        elif config.train.on_nonfinite == 'stop' and step % 10 == 0:
-          # Cheap periodic check between log steps: one scalar fetched.
-          if int(jax.device_get(metrics['nonfinite'])):
-            raise NonFiniteError(f'step {step}: non-finite loss or gradient')
 
         reason = stop.check()
         if (config.checkpoint.every and step % config.checkpoint.every == 0) or reason \
             or step == config.train.steps:
-          checkpointer.save(step, state, iterator)
+          nonfinite_guard.check_all()  # 'stop' never leaves a checkpoint after a bad step
+          checkpointer.save(step, state, iterator, config)
+        if _eval_due(config, step) and not reason:
+          results = _evaluate(config, layout, state, tokenizer, step, workdir, mesh,
+                              show_progress=show_progress and is_main)
+          writer.write(step, results)
+          final_eval = results
         if reason:
           break
-      checkpointer.wait()
+      checkpointer.wait()  # durable before returning (and before exit 0 on SIGTERM)
     finally:
       progress.close()
       stop.restore()
@@ -290,4 +371,5 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
                  seconds=time.perf_counter() - run_start, first_loss=first_loss,
                  final_loss=final_loss, final_source_loss=final_source_loss,
                  checkpoints=checkpointer.all_steps(), skipped_records=total_skipped,
-                 stopped_early=stop.reason)
+                 stopped_early=stop.reason, nonfinite_steps=nonfinite_guard.count,
+                 final_eval=final_eval)

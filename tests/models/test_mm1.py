@@ -121,12 +121,14 @@ def test_param_count_is_abstract_and_exact(model):
   assert param_count(_config()) == expected
 
 
-def test_sharded_forward_equals_single_device(model, forward):
-  mesh = make_mesh(dict(data=2, fsdp=2, tensor=2, expert=1))
+@pytest.mark.parametrize('layout', [dict(data=2, fsdp=2, tensor=2), dict(data=1, fsdp=4, tensor=2)])
+def test_sharded_forward_equals_single_device(model, forward, layout):
+  mesh = make_mesh(dict(layout, expert=1))
   graphdef, state = nnx.split(model)
   shardings = state_shardings(state, mesh)
   mlp_sharding = shardings['decoder']['layers'][0]['mlp']['gate']['kernel'].get_value()
   assert mlp_sharding.spec == P('fsdp', 'tensor')
+  assert len(mlp_sharding.device_set) == 8
   sharded_state = jax.device_put(state, shardings)
 
   batch = _batch()
@@ -169,3 +171,16 @@ def test_sharded_initialisation_under_jit():
   assert kernel.sharding.spec == P('tensor', 'fsdp')
   np.testing.assert_allclose(kernel, build().layers[0].mlp.down.kernel.get_value())
   assert nnx.merge(graphdef, state).embedding.shape == (512, 128)
+
+
+@pytest.mark.parametrize('kind', ['avgpool', 'attnpool', 'c_abstractor'])
+def test_every_parameter_carries_logical_names(kind):
+  config = _config()
+  config.model.connector.kind = kind
+  config.model.vit.scan_layers = True
+  config.model.decoder.scan_layers = True
+  abstract = nnx.eval_shape(lambda: MM1(config, rngs=nnx.Rngs(0)))
+  for path, variable in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+    names = variable.get_metadata().get('out_sharding')
+    assert names is not None and len(names) == variable.get_value().ndim, path
+    logical_to_spec(names)  # every name is in the rules table

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from experiments import tiny
-from mm1_jax.models.vit import ViT, normalize_pixels
+from mm1_jax.models.vit import ViT, interpolate_position_embedding, normalize_pixels, set_size
 
 
 def _vit_config(**overrides):
@@ -50,3 +50,37 @@ def test_pixel_normalisation_uses_clip_statistics():
 def test_bad_feature_layer_names_the_key():
   with pytest.raises(ValueError, match='model.vit.feature_layer'):
     ViT(_vit_config(feature_layer=-4), rngs=nnx.Rngs(0))
+
+
+def test_position_embedding_interpolation():
+  table = jax.random.normal(jax.random.key(0), (1 + 16, 8))
+  np.testing.assert_array_equal(interpolate_position_embedding(table, 4, True), table)
+  bigger = interpolate_position_embedding(table, 6, True)
+  assert bigger.shape == (1 + 36, 8)
+  np.testing.assert_array_equal(bigger[0], table[0])  # the class token's row is kept
+  constant = jnp.ones((16, 8))
+  np.testing.assert_allclose(interpolate_position_embedding(constant, 7, False), 1.0, atol=1e-5)
+  # A ramp along the columns stays a ramp (monotone, same range up to the cubic's overshoot).
+  ramp = jnp.tile(jnp.arange(4.0), 4)[:, None]
+  resized = np.asarray(interpolate_position_embedding(ramp, 8, False)).reshape(8, 8)
+  assert np.all(np.diff(resized, axis=1) > 0) and np.allclose(resized, resized[:1])
+
+
+def test_vit_runs_at_another_resolution():
+  """Images of 48x48 on a ViT configured for 32x32: position embeddings interpolated."""
+  vit = nnx.eval_shape(lambda: ViT(_vit_config(use_class_token=True), rngs=nnx.Rngs(0)))
+  out = nnx.eval_shape(lambda m, x: m(x), vit, jax.ShapeDtypeStruct((2, 48, 48, 3), jnp.uint8))
+  assert out.shape == (2, 1 + 36, 64)
+  dropped = nnx.eval_shape(lambda: ViT(_vit_config(use_class_token=True, drop_class_token=True),
+                                       rngs=nnx.Rngs(0)))
+  out = nnx.eval_shape(lambda m, x: m(x), dropped, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.uint8))
+  assert out.shape == (2, 16, 64)
+
+
+def test_named_sizes():
+  config = _vit_config()
+  set_size(config, 'H/14', 378)
+  assert (config.width, config.depth, config.num_heads, config.mlp_dim, config.patch_size,
+          config.image_size) == (1280, 32, 16, 5120, 14, 378)
+  with pytest.raises(ValueError, match='unknown ViT size'):
+    set_size(config, 'G/14', 224)

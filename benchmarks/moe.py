@@ -1,0 +1,150 @@
+"""MoE step time over dense step time with the same active parameters, measured in one run.
+
+    python benchmarks/moe.py [--dispatch=capacity|dropless] [--every=1] [--length=128]
+
+A train step (forward, backward, AdamW update) of a decoder whose feed-forward blocks are
+top-2-of-8 MoE layers (expert width d_ff), against the same decoder with dense SwiGLU
+blocks of width 2 * d_ff: the same active parameters and matmul FLOPs per token. The MoE
+decoder is mm1_jax's Decoder with the `mlp` of every `--every`-th layer replaced by
+mm1_jax.models.moe.MoE (its auxiliary losses sown and added to the loss, as the train step
+does). The two steps are timed alternately and the best of several repeats is kept, so
+that load from other processes hits both alike. Prints the JSON it measured, then the
+ratio (the issue's goal: at most 1.3). Never imported by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from experiments import tiny  # noqa: E402
+from mm1_jax.models.decoder import Decoder  # noqa: E402
+from mm1_jax.models.moe import MoE  # noqa: E402
+
+
+class MoEBlock(nnx.Module):
+  """A DecoderLayer's `mlp` slot filled by an MoE layer; its '_loss' values are sown."""
+
+  def __init__(self, d_model, d_ff, moe_config, *, rngs):
+    self.moe = MoE(d_model, d_ff, moe_config, rngs=rngs)
+
+  def __call__(self, x):
+    y, aux = self.moe(x)
+    self.sow(nnx.Intermediate, 'aux_loss',
+             sum(v for k, v in aux.items() if k.endswith('_loss')))
+    return y
+
+
+def moe_decoder(decoder_config, moe_config, every: int, *, rngs) -> Decoder:
+  decoder = Decoder(decoder_config, rngs=rngs)
+  for i, layer in enumerate(decoder.layers):
+    if (i + 1) % every == 0:
+      layer.mlp = MoEBlock(decoder_config.d_model, decoder_config.d_ff, moe_config, rngs=rngs)
+  return decoder
+
+
+def _decoder_config(args, d_ff):
+  config = tiny.get_config().model.decoder
+  config.update(d_model=args.d_model, d_ff=d_ff, num_layers=args.layers, num_heads=4,
+                num_kv_heads=2, vocab_size=args.vocab)
+  return config
+
+
+def _moe_config(args):
+  config = tiny.get_config().model.moe
+  config.update(num_experts=args.experts, top_k=args.top_k, every=args.every,
+                dispatch=args.dispatch, capacity_factor=args.capacity_factor)
+  config.group_size = args.group_size
+  return config
+
+
+def make_step(model: Decoder, batch: int, length: int):
+  """A jitted AdamW train step of `model` on random tokens, and its initial state."""
+  graphdef, params = nnx.split(model, nnx.Param)
+  tx = optax.adamw(1e-3)
+  vocab = model.embedding.shape[0]
+
+  def loss_fn(params, tokens):
+    decoder = nnx.merge(graphdef, params)
+    segments = jnp.ones_like(tokens)
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    forward = nnx.capture(lambda d: d(d.embed_tokens(tokens), segments, positions),
+                          nnx.Intermediate)
+    logits, sown = forward(decoder)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
+    return loss + sum(jax.tree.leaves(sown))
+
+  @jax.jit
+  def step(state, tokens):
+    params, opt_state = state
+    loss, grads = jax.value_and_grad(loss_fn)(params, tokens)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  tokens = jax.random.randint(jax.random.key(0), (batch, length), 5, vocab)
+  return step, (params, tx.init(params)), tokens
+
+
+def time_alternately(runs: dict, steps: int, repeats: int) -> dict[str, float]:
+  """Best seconds per step of each run, timed in alternation."""
+  best = {name: float('inf') for name in runs}
+  for name, (step, state, tokens) in runs.items():  # compile and warm up
+    state, loss = step(state, tokens)
+    jax.block_until_ready(loss)
+    runs[name] = (step, state, tokens)
+  for _ in range(repeats):
+    for name, (step, state, tokens) in runs.items():
+      start = time.perf_counter()
+      for _ in range(steps):
+        state, loss = step(state, tokens)
+      jax.block_until_ready(loss)
+      best[name] = min(best[name], (time.perf_counter() - start) / steps)
+      runs[name] = (step, state, tokens)
+  return best
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--dispatch', default='capacity', choices=('capacity', 'dropless'))
+  parser.add_argument('--experts', type=int, default=8)
+  parser.add_argument('--top_k', type=int, default=2)
+  parser.add_argument('--every', type=int, default=1)
+  parser.add_argument('--capacity_factor', type=float, default=1.25)
+  parser.add_argument('--group_size', type=int, default=0, help='0: a whole row')
+  parser.add_argument('--d_model', type=int, default=256)
+  parser.add_argument('--d_ff', type=int, default=512, help='expert width')
+  parser.add_argument('--layers', type=int, default=4)
+  parser.add_argument('--vocab', type=int, default=1024)
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--length', type=int, default=128)
+  parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--repeats', type=int, default=5)
+  args = parser.parse_args(argv)
+
+  moe = moe_decoder(_decoder_config(args, args.d_ff), _moe_config(args), args.every,
+                    rngs=nnx.Rngs(0))
+  dense = Decoder(_decoder_config(args, args.top_k * args.d_ff), rngs=nnx.Rngs(0))
+  runs = {'moe': make_step(moe, args.batch, args.length),
+          'dense': make_step(dense, args.batch, args.length)}
+  count = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+  seconds = time_alternately(runs, args.steps, args.repeats)
+  result = dict(vars(args), backend=jax.default_backend(), moe_step_s=seconds['moe'],
+                dense_step_s=seconds['dense'], moe_params=count(moe), dense_params=count(dense),
+                ratio=seconds['moe'] / seconds['dense'])
+  print(json.dumps(result, indent=1))
+  print(f"MoE/dense step time: {result['ratio']:.3f} (top-{args.top_k} of {args.experts}, "
+        f"dispatch={args.dispatch}, every={args.every})")
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,28 @@
+"""MM1-7B pretraining: a 7B decoder, ViT-H/14 at 378, C-Abstractor with 144 tokens.
+
+Run (TPU pod or GPU cluster; data.root must hold the three sources and the tokenizer):
+
+    python -m mm1_jax.train --config=experiments/mm1_7b.py --workdir=gs://BUCKET/mm1_7b \\
+        --config.data.root=/data/mm1
+
+(or first `python -m mm1_jax.export.from_hf --config=experiments/mm1_7b.py --vision=DIR
+--llm=DIR --workdir=OUT` to start from a pretrained CLIP ViT-H/14-378 and LLM).
+Expected result: MM1-7B's pretraining numbers need its data and 200k steps at batch 512;
+`experiments/mm1_7b.py:local` runs the same architecture at tiny size on the synthetic
+world in minutes on a laptop.
+
+Published: ViT-H/14 at 378 (DFN-5B CLIP; its activation is exact GELU), C-Abstractor 144
+tokens, sequence 4096, up to 16 images, batch 512, the recipe of mm1_1b.py (see there).
+Chosen (Llama-style, not published): vocabulary 32000, d_model 4096, 32 layers, 32 heads
+with 8 key/value heads, SwiGLU width 13824, untied embeddings: 7.040B decoder parameters.
+"""
+
+from experiments import mm1_1b
+
+DECODER_7B = dict(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+                  d_ff=13824, tie_embeddings=False)
+
+
+def get_config(arg: str | None = None):
+  return mm1_1b.build(decoder=DECODER_7B, vit_size='H/14', image_size=378,
+                      vit_activation='gelu_exact', arg=arg, name='mm1_7b')
