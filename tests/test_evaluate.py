@@ -140,3 +140,35 @@ def test_the_trained_tiny_model_scores_clearly_above_an_untrained_one():
   trained, untrained = scores[None], scores[0]
   for key in trained:  # CIDEr x 100 and VQA accuracy %, 0 and 4 shots
     assert trained[key] > untrained[key] + 10, (key, trained[key], untrained[key])
+
+
+@pytest.fixture(scope='module')
+def briefly_trained(tmp_path_factory):
+  """tiny.py trained for 150 steps (half the README run) on a 30%-scale synthetic world."""
+  from data_pipelines import synthetic
+  from mm1_jax.train import trainer
+  root = str(tmp_path_factory.mktemp('world30') / 'world')
+  synthetic.generate(root, seed=0, scale=0.3)
+  config = tiny.get_config()
+  config.data.root, config.data.synthetic = root, False
+  config.train.steps = 150
+  config.checkpoint.every = 150
+  config.eval.every = 0
+  workdir = str(tmp_path_factory.mktemp('briefly_trained'))
+  trainer.train(config, workdir, show_progress=False)
+  return workdir
+
+
+@pytest.mark.slow
+def test_a_briefly_trained_tiny_model_scores_clearly_above_an_untrained_one(briefly_trained):
+  from mm1_jax.evaluate import load_for_evaluation
+  scores = {}
+  for step in (None, 0):
+    config, module, tokenizer, _ = load_for_evaluation(briefly_trained, step)
+    config.eval.num_examples = 40
+    scores[step] = evaluator.evaluate_model(config, module, tokenizer, 0, tasks=[
+        'synthetic_coco', 'synthetic_vqav2'], shots=[0], show_progress=False)
+  trained, untrained = scores[None], scores[0]
+  assert set(trained) == {'eval/synthetic_coco/0shot', 'eval/synthetic_vqav2/0shot'}
+  for key in trained:  # CIDEr x 100 and VQA accuracy in %
+    assert trained[key] > untrained[key] + 5, (key, trained[key], untrained[key])
