@@ -76,6 +76,18 @@ def _call_from_file(spec_string: str, function: str, what: str):
   return getattr(module, function)(arg or None)
 
 
+# What an ablation file's `arg` selects: the base experiment of its sweep.
+BASES = {None: 'experiments/tiny.py', 'smoke': 'experiments/tiny.py:smoke',
+         'mm1_1b': 'experiments/mm1_1b.py'}
+
+
+def base_config_path(arg: str | None, sweep_name: str) -> str:
+  if arg not in BASES:
+    raise ValueError(f'sweep {sweep_name!r}: unknown argument {arg!r}; known: '
+                     f'{sorted(a for a in BASES if a)} (none: the tiny synthetic scale)')
+  return BASES[arg]
+
+
 def load_sweep(path: str) -> Sweep:
   return _call_from_file(path, 'get_sweep', '--sweep')
 

@@ -14,7 +14,7 @@ KINDS = ('avgpool', 'attnpool', 'c_abstractor')
 
 
 def get_sweep(arg=None):
-  config = 'experiments/tiny.py' + (f':{arg}' if arg else '')
+  config = sweep_lib.base_config_path(arg, 'connector')
   steps = sweep_lib.load_config(config).train.steps
   return sweep_lib.Sweep(
       name='connector', swept='connector', config=config,

@@ -27,7 +27,7 @@ MIXES = (
 
 
 def get_sweep(arg=None):
-  config = 'experiments/tiny.py' + (f':{arg}' if arg else '')
+  config = sweep_lib.base_config_path(arg, 'mixture')
   steps = sweep_lib.load_config(config).train.steps
   variants = tuple(
       sweep_lib.Variant(
