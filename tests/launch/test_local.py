@@ -31,7 +31,10 @@ def test_each_process_gets_its_rank_the_coordinator_and_its_devices():
 
 
 def test_runs_without_jax_and_prefixes_the_other_processes():
-  show = 'import os; print(os.environ["MM1_PROCESS_ID"], os.environ["MM1_NUM_PROCESSES"])'
+  # One write per line: process 0 shares the launcher's stdout, and lines written whole
+  # (below the pipe's atomic size) never interleave with the relayed ones.
+  show = ('import os, sys; e = os.environ; '
+          'sys.stdout.write(e["MM1_PROCESS_ID"] + " " + e["MM1_NUM_PROCESSES"] + "\\n")')
   result = _launch('--processes', '3', '--', sys.executable, '-c', show)
   assert result.returncode == 0, result.stderr
   lines = sorted(result.stdout.split('\n'))
