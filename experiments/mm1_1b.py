@@ -51,15 +51,9 @@ def build(*, decoder: dict, vit_size: str, image_size: int, vit_activation: str,
 
   data = config.data
   data.root = ''  # set with --config.data.root
-  data.sources.captions = dict(kind='captions', path='captions')
-  data.sources.interleaved = dict(kind='interleaved', path='interleaved')
-  data.sources.text = dict(kind='text', path='text')
-  data.weights.captions = 0.45
-  data.weights.interleaved = 0.45
-  data.weights.text = 0.10
+  config_lib.use_mm1_mixture(data)
   data.seq_len = 4096
   data.max_images = 16
-  data.tokenizer = 'tokenizer/spm.model'
 
   train = config.train
   train.steps = 200_000

@@ -56,16 +56,9 @@ def get_config(arg: str | None = None):
   data = config.data
   data.root = default_data_root()
   data.synthetic = True  # generate the synthetic world into data.root when it is missing
-  data.sources.captions = dict(kind='captions', path='captions')
-  data.sources.interleaved = dict(kind='interleaved', path='interleaved')
-  data.sources.text = dict(kind='text', path='text')
-  # MM1's 5:5:1 mix (45% interleaved, 45% captions, 10% text).
-  data.weights.captions = 0.45
-  data.weights.interleaved = 0.45
-  data.weights.text = 0.10
+  config_lib.use_mm1_mixture(data)
   data.seq_len = 128
   data.max_images = 8
-  data.tokenizer = 'tokenizer/spm.model'
 
   train = config.train
   train.steps = 300

@@ -94,6 +94,15 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def use_mm1_mixture(data: ml_collections.ConfigDict) -> None:
+  """One source of each kind under data.root (the layout `prepare synthetic` writes) in
+  MM1's 5:5:1 mix: 45% captions, 45% interleaved documents, 10% text."""
+  for kind, weight in (('captions', 0.45), ('interleaved', 0.45), ('text', 0.10)):
+    data.sources[kind] = dict(kind=kind, path=kind)
+    data.weights[kind] = weight
+  data.tokenizer = 'tokenizer/spm.model'
+
+
 def _require(cond: bool, key: str, message: str) -> None:
   if not cond:
     raise ConfigError(f'config.{key}: {message}')
