@@ -126,8 +126,10 @@ def test_a_workdir_config_without_the_new_eval_keys_still_resolves(synthetic_roo
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get('MM1_TRAINED_TINY_WORKDIR'),
-                    reason='set MM1_TRAINED_TINY_WORKDIR to a workdir of the README command '
-                    '(python -m mm1_jax.train --config=experiments/tiny.py --workdir=DIR)')
+                    reason='needs the full 300-step model of the README command (minutes of '
+                    'training); set MM1_TRAINED_TINY_WORKDIR=DIR after `python -m mm1_jax.train '
+                    '--config=experiments/tiny.py --workdir=DIR`. CI runs the 150-step version '
+                    'below (test_a_briefly_trained_...)')
 def test_the_trained_tiny_model_scores_clearly_above_an_untrained_one():
   from mm1_jax.evaluate import load_for_evaluation
   workdir = os.environ['MM1_TRAINED_TINY_WORKDIR']
