@@ -84,19 +84,6 @@ def accelerator_config(batch_size: int, attention: str):
   return config
 
 
-def bf16_matmul_flops(size: int = 8192, repeats: int = 10) -> float:
-  """FLOP/s of one device's bfloat16 [size, size] matmul, best of `repeats`."""
-  x = jax.device_put(jnp.ones((size, size), jnp.bfloat16))
-  matmul = jax.jit(lambda a: a @ a)
-  matmul(x).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(x).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2.0 * size ** 3 / best * jax.local_device_count()
-
-
 def synthetic_batch(config) -> dict:
   """A batch of the DESIGN.md contract: one image run at the start of each row, then text."""
   rng = np.random.default_rng(0)
@@ -160,7 +147,7 @@ def measure(config, steps: int, measure_save: bool = True) -> dict:
   if device.platform == 'cpu':
     matmul = flops_lib.measured_matmul_flops(size=1024)
   else:
-    matmul = bf16_matmul_flops()
+    matmul = flops_lib.measured_matmul_flops(size=8192, repeats=10, dtype=jnp.bfloat16)
   reference = matmul if device.platform == 'cpu' else peak
   save_block = float(np.median(blocked))
   return {
