@@ -52,7 +52,7 @@ DISPATCH_MODES = ('capacity', 'dropless')
 # Per-expert [e, in, out] kernels: fan-in is `in` alone, not e * in.
 _EXPERT_INIT = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal',
                                                  in_axis=-2, out_axis=-1, batch_axis=(0,))
-_ROUTER_INIT = nnx.initializers.variance_scaling(0.1, 'fan_in', 'truncated_normal')
+ROUTER_INIT = nnx.initializers.variance_scaling(0.1, 'fan_in', 'truncated_normal')
 
 
 @jax.tree_util.register_dataclass
@@ -305,16 +305,17 @@ class MoE(nnx.Module):
     e = int(c.num_experts)
     # The router is small and every shard routes its own tokens: replicated. A small init
     # (logits ~0.3 std on unit-RMS inputs) keeps the first gate probabilities near uniform.
-    self.router = layers.param(rngs, _ROUTER_INIT, (d_model, e), ('embed', None))
+    self.router = layers.param(rngs, ROUTER_INIT, (d_model, e), ('embed', None))
     self.gate = layers.param(rngs, _EXPERT_INIT, (e, d_model, d_ff), ('exp', 'embed', 'mlp'))
     self.up = layers.param(rngs, _EXPERT_INIT, (e, d_model, d_ff), ('exp', 'embed', 'mlp'))
     self.down = layers.param(rngs, _EXPERT_INIT, (e, d_ff, d_model), ('exp', 'mlp', 'embed'))
     self.num_experts = e
-    self.options = dict(top_k=int(c.top_k), renormalize=bool(c.get('renormalize', True)),
-                        dispatch=str(c.dispatch), capacity_factor=float(c.capacity_factor),
-                        load_balance_weight=float(c.load_balance_weight),
-                        z_loss_weight=float(c.z_loss_weight),
-                        group_size=int(c.get('group_size', 0)))
+    # A tuple, not a dict: the graph definition (static under jit) must be hashable.
+    self.options = tuple(dict(
+        top_k=int(c.top_k), renormalize=bool(c.get('renormalize', True)),
+        dispatch=str(c.dispatch), capacity_factor=float(c.capacity_factor),
+        load_balance_weight=float(c.load_balance_weight), z_loss_weight=float(c.z_loss_weight),
+        group_size=int(c.get('group_size', 0))).items())
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -322,7 +323,7 @@ class MoE(nnx.Module):
     kernels = (self.gate[...], self.up[...], self.down[...])
     axis, shards = expert_mesh_axis()
     if shards == 1:
-      return moe_forward(x, self.router[...], kernels, **self.options)
+      return moe_forward(x, self.router[...], kernels, **dict(self.options))
     return self._expert_parallel(x, kernels, axis, shards)
 
   def _expert_parallel(self, x, kernels, axis, shards):
@@ -363,7 +364,7 @@ class MoE(nnx.Module):
     shard's block [., 1, ...] into the token rows [b', s, d] it routes."""
 
     def local(x, router, *kernels):
-      y, aux = moe_forward(to_rows(x), router, kernels, axis=axis, **self.options)
+      y, aux = moe_forward(to_rows(x), router, kernels, axis=axis, **dict(self.options))
       return y.reshape(x.shape), aux
 
     run = jax.shard_map(local, in_specs=(P(None, axis), P()) + (P(axis),) * 3,
