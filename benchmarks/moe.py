@@ -3,8 +3,9 @@
     python benchmarks/moe.py [--dispatch=capacity|dropless] [--every=1] [--scan] [--length=128]
 
 A train step (forward, backward, AdamW update) of a decoder whose feed-forward blocks are
-top-2-of-8 MoE layers (expert width d_ff), against the same decoder with dense SwiGLU
-blocks of width 2 * d_ff: the same active parameters and matmul FLOPs per token. The MoE
+top-2-of-8 MoE layers (expert width d_ff) every `--every`-th layer, SwiGLU of width 2 * d_ff
+in the others, against the same decoder with dense SwiGLU blocks of width 2 * d_ff
+everywhere: the same active matmul parameters and FLOPs per token (plus the router). The MoE
 decoder is mm1_jax's Decoder with model.moe set (an MoE layer every `--every`-th layer,
 scanned as in the pod configs with --scan), its auxiliary losses added to the loss as the
 train step does. The two steps are timed alternately and the best of several repeats is
@@ -43,6 +44,7 @@ def _moe_config(args):
   config.update(num_experts=args.experts, top_k=args.top_k, every=args.every,
                 dispatch=args.dispatch, capacity_factor=args.capacity_factor)
   config.group_size = args.group_size
+  config.d_ff = args.d_ff  # the experts; the other layers are as wide as the dense baseline
   return config
 
 
@@ -108,7 +110,7 @@ def main(argv=None):
   parser.add_argument('--scan', action='store_true', help='scan over layers (groups)')
   args = parser.parse_args(argv)
 
-  moe = Decoder(_decoder_config(args, args.d_ff), moe_config=_moe_config(args),
+  moe = Decoder(_decoder_config(args, args.top_k * args.d_ff), moe_config=_moe_config(args),
                 rngs=nnx.Rngs(0))
   dense = Decoder(_decoder_config(args, args.top_k * args.d_ff), rngs=nnx.Rngs(0))
   runs = {'moe': make_step(moe, args.batch, args.length),
