@@ -12,7 +12,7 @@ k_cache, v_cache, lengths)` appends one token per row to caches [layers, b, s, k
 
 `scan_layers=True` stacks the layers' parameters on a leading 'layers' axis (nnx.vmap at
 construction, nnx.scan in the forward pass): one compiled layer body instead of
-num_layers copies. `remat` names a rematerialisation policy (REMAT_POLICIES) applied
+num_layers copies. `remat` names a rematerialisation policy (mm1_jax.models.remat) applied
 to each layer.
 
 Mixture of experts (`model.moe.num_experts > 0`, pass `moe_config`): the last layer of
@@ -35,21 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mm1_jax.models import layers
+from mm1_jax.models import layers, remat
 from mm1_jax.models.attention import Attention, CausalSegments
 from mm1_jax.models.moe import MoE
 from mm1_jax.parallel.rules import constrain
 
 ACTIVATION_NAMES = ('batch', 'length', 'activation_embed')
-
-REMAT_POLICIES = {
-    'none': None,
-    'full': jax.checkpoint_policies.nothing_saveable,
-    'nothing_saveable': jax.checkpoint_policies.nothing_saveable,
-    'dots_saveable': jax.checkpoint_policies.dots_saveable,
-    'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    'everything_saveable': jax.checkpoint_policies.everything_saveable,
-}
 
 
 class SwiGLU(nnx.Module):
@@ -207,9 +198,7 @@ class Decoder(nnx.Module):
 
   def __init__(self, decoder_config, *, rngs: nnx.Rngs, dtype=jnp.float32, moe_config=None):
     c = decoder_config
-    if c.remat not in REMAT_POLICIES:
-      raise ValueError(f'model.decoder.remat={c.remat!r} is unknown; known: '
-                       f'{sorted(REMAT_POLICIES)}')
+    remat.check_policy(c.remat, 'model.decoder.remat')
     every = moe_every(moe_config)
     if every and c.num_layers % every:
       raise ValueError(f'model.decoder.num_layers={c.num_layers} is not divisible by '
@@ -248,9 +237,7 @@ class Decoder(nnx.Module):
     return constrain(x, ACTIVATION_NAMES)
 
   def _layer_fn(self):
-    if self.remat == 'none':
-      return _run_layer
-    return nnx.remat(_run_layer, policy=REMAT_POLICIES[self.remat])
+    return remat.wrap(_run_layer, self.remat)
 
   def _over_layers(self, fn, x, *per_layer):
     """x -> fn(layer, x, *slices) over the layers; returns (x, aux, extra outputs).
