@@ -5,8 +5,12 @@ view: `decoder.layers.3.attention.query`, `vit.blocks.0.mlp.up.kernel`,
 `connector.readout.layers.1.bias`. A scanned stack (`model.decoder.scan_layers`,
 `model.vit.scan_layers`) holds its layers on a leading axis of one array; the flat view
 cuts that array into one tensor per layer, named as the unscanned model names it, so a
-scanned and an unscanned model of the same config export the same keys. Values keep the
-JAX layout and shape (Dense kernels [in, out], attention kernels [in, heads, head_dim]).
+scanned and an unscanned model of the same config export the same keys. A scanned MoE
+decoder stacks groups of `model.moe.every` layers (`decoder.layers.dense.{j}.*` and
+`decoder.layers.moe.*`, [groups, ...]); group g's member j is layer g * every + j, so its
+MoE layers appear as `decoder.layers.{i}.mlp.{router,gate,up,down}` for i = every-1,
+2*every-1, ... Values keep the JAX layout and shape (Dense kernels [in, out], attention
+kernels [in, heads, head_dim], expert kernels [experts, in, out]).
 
 Everything is planned from paths and shapes alone, so that a converter can stream:
 `plan(model_config, shapes)` lists, for every output key, the source parameter path, the
@@ -69,27 +73,73 @@ def _section(config: Any, name: str) -> Any:
     return {}
 
 
-def _flag(section: Any, name: str) -> bool:
+def _value(section: Any, name: str, default: Any) -> Any:
   try:
-    return bool(section.get(name, False))
+    return section.get(name, default)
   except AttributeError:
-    return False
+    return default
 
 
-def stacked_prefixes(model_config: Any) -> tuple[Path, ...]:
-  """Parameter paths whose subtrees carry a leading 'layers' axis under this config."""
-  prefixes = []
-  if _flag(_section(model_config, 'vit'), 'scan_layers'):
-    prefixes.append(('vit', 'blocks'))
-  if _flag(_section(model_config, 'decoder'), 'scan_layers'):
-    prefixes.append(('decoder', 'layers'))
-  return tuple(prefixes)
+class Stack(NamedTuple):
+  """A scanned subtree: `prefix` holds its layers on a leading axis.
+
+  every == 0: a plain stack, layer i at index i. every > 0: a scanned MoE decoder, whose
+  index g is a group of `every` layers, `dense.{j}` holding layer g*every + j (j < every-1)
+  and `moe` layer g*every + every-1 (the layout of mm1_jax/models/decoder.py).
+  """
+  prefix: Path
+  every: int
+
+  def locate(self, source: Path) -> tuple[Path, int]:
+    """A source path under the prefix -> (the sub-path naming its group member, member)."""
+    after = source[len(self.prefix):]
+    if not self.every:
+      return (), 0
+    if after[:1] == ('moe',):
+      return ('moe',), self.every - 1
+    if after[:1] == ('dense',) and len(after) > 1 and isinstance(after[1], int):
+      return ('dense', after[1]), after[1]
+    raise NamingError(f'{join(source)} is in the scanned MoE decoder but under neither '
+                      f'{join(self.prefix)}.dense.<j> nor {join(self.prefix)}.moe')
+
+  def out_path(self, source: Path, index: int) -> Path:
+    """Output path of slice `index` of a stacked source."""
+    sub, member = self.locate(source)
+    layer = index * self.every + member if self.every else index
+    return self.prefix + (layer,) + source[len(self.prefix) + len(sub):]
+
+  def source_of(self, out: Path) -> tuple[Path, int]:
+    """(source path, index on its stacked axis) of a per-layer output path."""
+    layer, rest = out[len(self.prefix)], out[len(self.prefix) + 1:]
+    if not self.every:
+      return self.prefix + rest, layer
+    group, member = divmod(layer, self.every)
+    sub = ('moe',) if member == self.every - 1 else ('dense', member)
+    return self.prefix + sub + rest, group
 
 
-def _stack_of(path: Path, prefixes: tuple[Path, ...]) -> Path | None:
-  for prefix in prefixes:
-    if path[:len(prefix)] == prefix:
-      return prefix
+def moe_every(model_config: Any) -> int:
+  """The MoE period of the decoder's layers; 0 for a dense decoder."""
+  moe = _section(model_config, 'moe')
+  if not _value(moe, 'num_experts', 0):
+    return 0
+  return int(_value(moe, 'every', 1))
+
+
+def stacks(model_config: Any) -> tuple[Stack, ...]:
+  """The scanned subtrees of the params under this config."""
+  out = []
+  if _value(_section(model_config, 'vit'), 'scan_layers', False):
+    out.append(Stack(('vit', 'blocks'), 0))
+  if _value(_section(model_config, 'decoder'), 'scan_layers', False):
+    out.append(Stack(('decoder', 'layers'), moe_every(model_config)))
+  return tuple(out)
+
+
+def _stack_of(path: Path, all_stacks: tuple[Stack, ...]) -> Stack | None:
+  for stack in all_stacks:
+    if path[:len(stack.prefix)] == stack.prefix:
+      return stack
   return None
 
 
@@ -132,21 +182,20 @@ def plan(model_config: Any, shapes: Mapping[Path, Any] | Iterable[tuple[Path, An
   a `.shape`: arrays, jax.ShapeDtypeStruct). A stacked source of n layers gives n entries.
   """
   items = shapes.items() if isinstance(shapes, Mapping) else shapes
-  prefixes = stacked_prefixes(model_config)
+  all_stacks = stacks(model_config)
   entries = []
   for source, shape in items:
     source = tuple(source)
     shape = _shape(shape)
-    prefix = _stack_of(source, prefixes)
-    if prefix is None:
+    stack = _stack_of(source, all_stacks)
+    if stack is None:
       entries.append(Entry(join(source), source, None, shape))
       continue
     if not shape:
-      raise NamingError(f'{join(source)} is under the scanned stack {join(prefix)} but has '
-                        f'no leading layers axis (shape {shape})')
-    rest = source[len(prefix):]
+      raise NamingError(f'{join(source)} is under the scanned stack {join(stack.prefix)} but '
+                        f'has no leading layers axis (shape {shape})')
     for i in range(shape[0]):
-      entries.append(Entry(join(prefix + (i,) + rest), source, i, shape[1:]))
+      entries.append(Entry(join(stack.out_path(source, i)), source, i, shape[1:]))
   return entries
 
 
@@ -163,53 +212,38 @@ def source_plan(model_config: Any, keys_and_shapes: Mapping[str, Any]
   naming the keys.
   """
   items = keys_and_shapes.items() if isinstance(keys_and_shapes, Mapping) else keys_and_shapes
-  prefixes = stacked_prefixes(model_config)
-  singles: dict[Path, tuple[str, tuple[int, ...]]] = {}
-  stacks: dict[Path, dict[int, tuple[str, tuple[int, ...]]]] = {}
-  order: list[Path] = []
+  all_stacks = stacks(model_config)
+  layers: dict[Path, dict[int | None, tuple[str, tuple[int, ...]]]] = {}
   for key, shape in items:
-    shape = _shape(shape)
     path = split(key)
-    prefix = _stack_of(path, prefixes)
-    if prefix is None:
-      order.append(path)
-      singles[path] = (key, shape)
-      continue
-    if len(path) <= len(prefix) + 1 or not isinstance(path[len(prefix)], int):
-      raise NamingError(f'tensor {key!r} is under the scanned stack {join(prefix)} but names '
-                        f'no layer index ({join(prefix)}.<i>.…)')
-    source = prefix + path[len(prefix) + 1:]
-    if source not in stacks:
-      order.append(source)
-      stacks[source] = {}
-    stacks[source][path[len(prefix)]] = (key, shape)
+    stack = _stack_of(path, all_stacks)
+    if stack is None:
+      source, index = path, None
+    elif len(path) <= len(stack.prefix) + 1 or not isinstance(path[len(stack.prefix)], int):
+      raise NamingError(f'tensor {key!r} is under the scanned stack {join(stack.prefix)} but '
+                        f'names no layer index ({join(stack.prefix)}.<i>...)')
+    else:
+      source, index = stack.source_of(path)
+    layers.setdefault(source, {})[index] = (key, _shape(shape))
   entries = []
-  for source in order:
-    if source in singles:
-      key, shape = singles[source]
+  for source, by_index in layers.items():
+    if None in by_index:
+      key, shape = by_index[None]
       entries.append(SourceEntry(source, (key,), False, shape))
       continue
-    layers = stacks[source]
-    count = len(layers)
-    if sorted(layers) != list(range(count)):
-      missing = sorted(set(range(max(layers) + 1)) - set(layers))
-      raise NamingError(f'the layers of {join(source)} are not 0..n-1: missing '
-                        f'{[layers_key(source, prefixes, i) for i in missing]}')
-    shapes = {layers[i][1] for i in range(count)}
+    count = len(by_index)
+    if sorted(by_index) != list(range(count)):
+      stack = _stack_of(source, all_stacks)
+      missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
+      raise NamingError(f'the layers of {join(source)} are not complete: missing '
+                        f'{[join(stack.out_path(source, i)) for i in missing]}')
+    shapes = {by_index[i][1] for i in range(count)}
     if len(shapes) != 1:
-      raise NamingError(f'the layers of {join(source)} have different shapes: '
-                        f'{ {layers[i][0]: layers[i][1] for i in range(count)} }')
-    entries.append(SourceEntry(source, tuple(layers[i][0] for i in range(count)), True,
+      raise NamingError(f'the layers of {join(source)} differ in shape: '
+                        f'{ {by_index[i][0]: by_index[i][1] for i in range(count)} }')
+    entries.append(SourceEntry(source, tuple(by_index[i][0] for i in range(count)), True,
                                (count,) + shapes.pop()))
   return entries
-
-
-def layers_key(source: Path, prefixes: tuple[Path, ...], index: int) -> str:
-  """The output key of layer `index` of a stacked source path."""
-  prefix = _stack_of(source, prefixes)
-  if prefix is None:
-    return join(source)
-  return join(prefix + (index,) + source[len(prefix):])
 
 
 # -------------------------------------------------------------------- whole trees
