@@ -1,6 +1,6 @@
 """The PyTorch reference (mm1_jax/export/torch_model.py) against the JAX model.
 
-Tiny MM1s built directly with nnx (every parameter perturbed, so no norm scale of one or
+Tiny MM1s built directly with nnx (every parameter drawn at random, so no norm scale of one or
 zero bias hides a mapping error) are exported in the canonical naming, loaded with
 `MM1ForCausalLM.from_pretrained`, and run on packed rows (several documents per row,
 images in some of them, an invalid image slot, padding): the logits equal JAX's with max
@@ -10,6 +10,7 @@ dict is the exported tensors exactly.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -67,14 +68,22 @@ CASES = {
 }
 
 
-def perturbed(model, seed: int):
-  """Every parameter plus N(0, 0.05): random values where init leaves ones and zeros."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+def random_model(build, seed: int):
+  """The module `build` makes, every parameter drawn at random (no norm scale of one or
+  zero bias hides a mapping error): kernels N(0, 1/fan_in), norm scales 1 + N(0, 0.1),
+  other vectors N(0, 0.1). Built abstractly: eager initialisation is slow to dispatch."""
+  graphdef, params = nnx.split(nnx.eval_shape(build), nnx.Param)
   rng = np.random.default_rng(seed)
-  pure = jax.tree.map(lambda x: np.asarray(x) + rng.normal(0, 0.05, x.shape).astype(np.float32),
-                      nnx.to_pure_dict(params))
+
+  def draw(path, x):
+    if len(x.shape) == 1:
+      mean = 1.0 if path[-1].key == 'scale' else 0.0
+      return mean + rng.normal(0, 0.1, x.shape).astype(np.float32)
+    return rng.normal(0, math.prod(x.shape[:-1]) ** -0.5, x.shape).astype(np.float32)
+
+  pure = jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(params))
   nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, pure))
-  return nnx.merge(graphdef, params, rest)
+  return nnx.merge(graphdef, params)
 
 
 def packed_batch(config, seed: int = 0):
@@ -149,7 +158,7 @@ def exports(tmp_path_factory):
   def get(name: str) -> Export:
     if name not in cache:
       config = CASES[name]
-      model = perturbed(MM1(config, rngs=nnx.Rngs(0)), seed=1)
+      model = random_model(lambda: MM1(config, rngs=nnx.Rngs(0)), seed=1)
       batch = packed_batch(config)
       out = str(tmp_path_factory.mktemp(name))
       flat = export(model, config, out)
@@ -279,7 +288,8 @@ def test_moe_layer_equals_jax(dispatch, renormalize):
   """Top-2 of 4 experts; capacity_factor = E / k gives every expert room for all tokens."""
   config = dict(num_experts=4, top_k=2, every=1, dispatch=dispatch, capacity_factor=2.0,
                 load_balance_weight=0.01, z_loss_weight=0.001, renormalize=renormalize)
-  layer = perturbed(moe.MoE(32, 48, ml_collections.ConfigDict(config), rngs=nnx.Rngs(0)), 2)
+  layer = random_model(lambda: moe.MoE(32, 48, ml_collections.ConfigDict(config),
+                                        rngs=nnx.Rngs(0)), seed=2)
   x = np.random.default_rng(3).normal(size=(2, 12, 32)).astype(np.float32)
   expected, aux = nnx.jit(lambda m, x: m(x))(layer, jnp.asarray(x))
   assert float(aux['dropped_fraction']) == 0.0
