@@ -228,6 +228,19 @@ def test_sharded_safetensors_load(exports, tmp_path):
   assert float(np.max(np.abs(ours - expected))) <= TOLERANCE
 
 
+def test_bfloat16_parameters_run(exports):
+  """from_pretrained(dtype=bfloat16) computes in bfloat16 and still returns float32 logits
+  close to the float32 ones (bfloat16 keeps ~3 significant digits)."""
+  name = 'c_abstractor'
+  case = exports(name)
+  model = MM1ForCausalLM.from_pretrained(case.out, dtype=torch.bfloat16)
+  assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+  ours = torch_logits(model, case.batch)
+  assert ours.dtype == np.float32 and np.all(np.isfinite(ours))
+  scale = float(np.max(np.abs(case.expected)))
+  assert float(np.max(np.abs(ours - case.expected))) <= 0.1 * scale
+
+
 def test_mismatched_tensors_are_named(exports, tmp_path):
   _, _, _, out, flat = exports('attnpool_untied')
   broken = dict(flat)
@@ -300,4 +313,26 @@ def test_moe_layer_equals_jax(dispatch, renormalize):
     result = ours(torch.from_numpy(x)).numpy()
   error = float(np.max(np.abs(result - np.asarray(expected))))
   print(f'torch MoE layer vs JAX ({dispatch}): max abs diff {error:.2e}')
+  assert error <= TOLERANCE
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_trained_checkpoint_through_to_pytorch(smoke_run, tmp_path):
+  """A trained run -> `to_pytorch.convert` (sharded) -> from_pretrained: the logits equal
+  `mm1_jax.load(workdir).forward` on a packed batch with images."""
+  import mm1_jax
+  from mm1_jax.export import to_pytorch
+  config, workdir, _ = smoke_run
+  out = str(tmp_path / 'out')
+  to_pytorch.convert(workdir, out, max_shard_size='200KB', hf=False, show_progress=False)
+  assert os.path.exists(os.path.join(out, 'model.safetensors.index.json'))
+  batch = packed_batch(config, seed=4)
+  batch['images'] = batch['images'][:, :, :32, :32]  # the smoke model's image size
+  expected = mm1_jax.load(workdir).forward(batch)
+  ours = torch_logits(MM1ForCausalLM.from_pretrained(out), batch)
+  error = float(np.max(np.abs(ours - expected)))
+  print(f'torch reference vs mm1_jax.load(...).forward (trained smoke run): max abs diff '
+        f'{error:.2e}')
   assert error <= TOLERANCE
