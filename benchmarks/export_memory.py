@@ -6,7 +6,7 @@
 With --init, first writes an initialised checkpoint of that config (with the overrides,
 e.g. model.decoder.num_layers=8) into RUN in a separate process, so that the measured
 process never held the model. Then exports RUN into OUT in this process and prints JSON:
-the resident memory after the imports (baseline), the peak (ru_maxrss), the largest output
+the resident memory after the imports (baseline), the peak (VmHWM), the largest output
 shard, the largest stored array (a scanned stack is one array) and the largest output
 tensor, and whether peak - baseline <= 1.3 x largest shard + largest stored array.
 """
@@ -16,20 +16,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _rss_bytes() -> int:
-  with open('/proc/self/statm', encoding='ascii') as f:
-    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+def _status_bytes(field: str) -> int:
+  with open('/proc/self/status', encoding='ascii') as f:
+    for line in f:
+      if line.startswith(field + ':'):
+        return int(line.split()[1]) * 1024  # kB
+  raise RuntimeError(f'/proc/self/status has no {field}')
 
 
-def _peak_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+def _reset_peak() -> None:
+  """Starts the high-water mark (VmHWM) afresh at the current RSS (Linux >= 4.0). Not
+  ru_maxrss: it survives exec, so a child of a big process (pytest) would inherit its peak."""
+  with open('/proc/self/clear_refs', 'w', encoding='ascii') as f:
+    f.write('5')
 
 
 INIT = r'''
@@ -94,10 +99,11 @@ def main() -> None:
   from mm1_jax.train import state  # noqa: F401
   import numpy as np
 
-  baseline = _rss_bytes()
+  _reset_peak()
+  baseline = _status_bytes('VmRSS')
   summary = to_pytorch.convert(args.workdir, args.out, dtype=args.dtype,
                                max_shard_size=args.max_shard_size, show_progress=False)
-  peak = _peak_bytes()
+  peak = _status_bytes('VmHWM')
 
   reader = CheckpointReader(args.workdir)
   itemsize = to_pytorch.numpy_dtype(args.dtype).itemsize
