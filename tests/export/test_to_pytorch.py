@@ -308,3 +308,20 @@ def test_damaged_exports_name_the_problem(run, exported, tmp_path):
   with pytest.raises(FileNotFoundError, match='config.json is missing'):
     from_pytorch.restore(unfinished, workdir)
   _no_partial_left(workdir)
+
+
+def test_checkpoint_that_does_not_fit_its_config(run, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(run[1], workdir)
+  stored = os.path.join(workdir, 'checkpoints', str(STEP), 'config', 'metadata')
+  with open(stored) as f:
+    config = json.load(f)
+  config['model']['decoder']['d_ff'] = 256
+  with open(stored, 'w') as f:
+    json.dump(config, f)
+  out = str(tmp_path / 'out')
+  with pytest.raises(to_pytorch.ExportError,
+                     match=r'parameter decoder\.layers\.mlp\.\w+\.kernel: the checkpoint holds '
+                           r'shape \(2, \d+, \d+\), the config needs \(2, \d+, \d+\)'):
+    to_pytorch.convert(workdir, out, show_progress=False)
+  _no_partial_left(out)
