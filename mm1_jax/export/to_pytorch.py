@@ -17,15 +17,19 @@ writes OUT/
 which mm1_jax/export/torch_model.py (`MM1ForCausalLM.from_pretrained(OUT)`) loads, and
 `python -m mm1_jax.export.from_pytorch` turns back into a workdir.
 
-Streaming: only the checkpoint's parameters are read, one stored array at a time
-(checkpoint_reader.py), and each output shard is written and dropped before the next one's
-tensors are read, so the host memory needed is about one output shard plus one stored
-array, whatever the model size (a scanned stack is one stored array: Orbax compresses it in
-chunks that span every layer). Everything is written into a temporary sibling of OUT that is
-renamed to OUT last: an interrupted or failed export never leaves OUT looking complete.
+Streaming: only the checkpoint's parameters are read (never the optimizer state), one
+stored chunk at a time into one parameter or a block of rows of a scanned stack (at most
+max_shard_size / 10 bytes; checkpoint_reader.py), and each output shard is written and
+dropped before the next one's tensors are read. The host memory needed is about one output
+shard plus one block plus one stored chunk, whatever the model size (benchmarks/
+export_memory.py measures it: peak - baseline <= 1.3 x largest shard + largest stored
+array). Orbax's chunks are the devices' shards of each array: a checkpoint saved by one
+device has one chunk per array, so a scanned stack is decoded whole (once per block).
+Everything is written into a temporary sibling of OUT that is renamed to OUT last: an
+interrupted or failed export never leaves OUT looking complete.
 
-Standard formats: hf_llm only for a dense decoder (no MoE layer: no transformers
-architecture has MoE every n-th layer with our router, see the README); hf_vision only when
+Standard formats: hf_llm only for a dense decoder (no transformers architecture computes
+our MoE decoders exactly, see the README); hf_vision only when
 the ViT is exactly CLIP's (class token, a CLIP activation). Our ViT's output is CLIP's
 `last_hidden_state` (hf_vision keeps only the blocks up to `feature_layer`), followed by
 `post_layernorm` when `model.vit.final_norm` (else post_layernorm is the identity), with
@@ -137,8 +141,8 @@ def check_shapes(config, stored: dict) -> None:
 
 def hf_llm_problem(config) -> str | None:
   if config.model.moe.get('num_experts', 0):
-    return ('MoE decoder (model.moe.num_experts > 0): no transformers architecture has MoE '
-            'every n-th layer with this router; use torch_model.MM1ForCausalLM')
+    return ('MoE decoder (model.moe.num_experts > 0): no transformers architecture computes '
+            'it exactly (see the README); use torch_model.MM1ForCausalLM')
   return None
 
 
