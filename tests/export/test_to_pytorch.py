@@ -2,7 +2,8 @@
 and back.
 
 The workdir holds checkpoint 7 of a tiny MM1 (scanned ViT and decoder, CLIP-like ViT)
-with every parameter perturbed at random, written by 8 devices (sharded). Exported, the
+with every parameter drawn at random, sharded over 8 devices (fsdp): Orbax stores each
+array in 8 chunks, which the exporter reads one at a time. Exported, the
 round trip JAX -> PyTorch files -> JAX is exact: the same parameter bits and identical
 `mm1_jax.load(...).forward` logits on packed rows with images. transformers'
 LlamaForCausalLM on OUT/hf_llm gives our logits on text-only rows and CLIPVisionModel on
@@ -47,6 +48,7 @@ def _config(synthetic_root):
                           drop_class_token=True, feature_layer=-2, final_norm=False,
                           scan_layers=True)
   config.model.decoder.update(num_layers=2, scan_layers=True)
+  config.mesh.update(data=1, fsdp=-1)  # parameters sharded over the 8 devices
   return config
 
 
