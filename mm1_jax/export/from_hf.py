@@ -45,7 +45,8 @@ def _fresh(config, part: str, seed: int):
   model = config.model
   build = {'vit': lambda: ViT(model.vit, rngs=nnx.Rngs(seed)),
            'connector': lambda: make_connector(model, rngs=nnx.Rngs(seed)),
-           'decoder': lambda: Decoder(model.decoder, rngs=nnx.Rngs(seed))}[part]
+           'decoder': lambda: Decoder(model.decoder, rngs=nnx.Rngs(seed), moe_config=(
+               model.moe if model.moe.num_experts else None))}[part]
   params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build(), nnx.Param)))()
   return jax.tree.map(np.asarray, params)
 

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mm1_jax.models.flops import inactive_expert_params
+
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 KNOWN_PEAKS = {
     'NVIDIA H200': 989e12,
@@ -46,6 +48,8 @@ def train_flops_per_step(config, params, *, num_images: float) -> float:
   embed = dec_cfg.vocab_size * dec_cfg.d_model
   # The input embedding is a gather, not a matmul; a tied table is still used by the head.
   decoder_matmul = decoder_params - (0 if dec_cfg.tie_embeddings else embed)
+  # A token runs top_k of an MoE layer's experts (models/flops.py).
+  decoder_matmul -= inactive_expert_params(config.model)
   tokens = config.train.batch_size * data.seq_len
   patches = (vit_cfg.image_size // vit_cfg.patch_size) ** 2
   forward = 2 * decoder_matmul * tokens
@@ -55,14 +59,14 @@ def train_flops_per_step(config, params, *, num_images: float) -> float:
   return 3.0 * forward
 
 
-def measured_matmul_flops(size: int = 512, repeats: int = 5) -> float:
-  """FLOP/s of float32 [size, size] matmuls run on all local devices at once, best of
+def measured_matmul_flops(size: int = 512, repeats: int = 5, dtype=np.float32) -> float:
+  """FLOP/s of [size, size] matmuls in `dtype` run on all local devices at once, best of
   `repeats`: what this process's matmuls achieve when every device is busy, as in a step."""
   devices = jax.local_devices()
   mesh = jax.sharding.Mesh(devices, ('d',))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('d'))
   # From host memory onto this process's devices only (never the job's global mesh).
-  x = jax.device_put(np.ones((len(devices), size, size), np.float32), sharding)
+  x = jax.device_put(np.ones((len(devices), size, size), dtype), sharding)
   matmul = jax.jit(lambda a: jnp.einsum('nij,njk->nik', a, a), out_shardings=sharding)
   matmul(x).block_until_ready()
   best = float('inf')
