@@ -1,5 +1,5 @@
-"""The canonical flat naming (mm1_jax/export/naming.py): per-layer keys whatever the scan,
-an exact inverse, streaming plans that agree with the arrays, and errors naming the key."""
+"""The canonical flat naming (mm1_jax/export/naming.py): per-layer keys whatever the scan
+(MoE decoders' scanned groups included), an exact inverse, streaming plans that agree with the arrays, and errors naming the key."""
 
 import jax
 import numpy as np
@@ -11,10 +11,12 @@ from mm1_jax.export import naming
 from mm1_jax.models.mm1 import MM1
 
 
-def config(scan: bool):
+def config(scan: bool, moe_every: int = 0):
   config = tiny.get_config('smoke')
   config.model.vit.scan_layers = scan
   config.model.decoder.scan_layers = scan
+  if moe_every:
+    config.model.moe.update(num_experts=4, every=moe_every)
   return config
 
 
@@ -88,6 +90,31 @@ def test_inverse_errors_name_the_keys(models):
   unindexed['decoder.layers.extra'] = np.zeros(3, np.float32)
   with pytest.raises(naming.NamingError, match=r"'decoder\.layers\.extra'"):
     naming.unflatten(unindexed, cfg.model)
+
+
+@pytest.mark.parametrize('every', [1, 2, 4])
+def test_scanned_moe_groups_split_into_the_unrolled_keys(every):
+  """Group g's member j (dense.{j}, moe = the last) is layer g * every + j."""
+  plain_config, scan_config = config(False, every), config(True, every)
+  plain = naming.flatten(random_params(plain_config), plain_config.model)
+  scanned_params = random_params(scan_config, seed=1)
+  scanned = naming.flatten(scanned_params, scan_config.model)
+  assert {k: v.shape for k, v in plain.items()} == {k: v.shape for k, v in scanned.items()}
+  layers = scanned_params['decoder']['layers']
+  num_layers = scan_config.model.decoder.num_layers
+  assert sorted(k for k in scanned if k.endswith('mlp.router')) == sorted(
+      f'decoder.layers.{i}.mlp.router' for i in range(every - 1, num_layers, every))
+  for i in range(num_layers):
+    group, member = divmod(i, every)
+    source = layers['moe'] if member == every - 1 else layers['dense'][member]
+    np.testing.assert_array_equal(scanned[f'decoder.layers.{i}.attention.out'],
+                                  source['attention']['out'][group])
+  np.testing.assert_array_equal(scanned[f'decoder.layers.{every - 1}.mlp.gate'],
+                                layers['moe']['mlp']['gate'][0])
+  back = naming.unflatten(scanned, scan_config.model)
+  assert jax.tree.structure(back) == jax.tree.structure(scanned_params)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back),
+                                                 jax.tree.leaves(scanned_params)))
 
 
 def test_keys_split_and_join():

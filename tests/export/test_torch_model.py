@@ -5,8 +5,8 @@ zero bias hides a mapping error) are exported in the canonical naming, loaded wi
 `MM1ForCausalLM.from_pretrained`, and run on packed rows (several documents per row,
 images in some of them, an invalid image slot, padding): the logits equal JAX's with max
 abs diff at most 1e-4 in float32, for each connector kind, scanned and unrolled stacks,
-tied and untied outputs, and MoE layers. The module imports without JAX, and its state
-dict is the exported tensors exactly.
+tied and untied outputs, and MoE decoders (scanned groups and unrolled). The module
+imports without JAX, and its state dict is the exported tensors exactly.
 """
 
 import json
@@ -65,6 +65,15 @@ CASES = {
         'vit.use_class_token': True, 'vit.drop_class_token': True,
         'vit.activation': 'gelu_exact', 'connector.depth': 2, 'connector.width': 48,
         'connector.mlp_depth': 3}),
+    # MoE in every 2nd layer, scanned in groups, dropless; experts narrower than d_ff.
+    'moe_scanned': model_config('avgpool', **{
+        'moe.num_experts': 4, 'moe.top_k': 2, 'moe.every': 2, 'moe.dispatch': 'dropless',
+        'moe.d_ff': 96, 'decoder.scan_layers': True}),
+    # MoE in every layer, unrolled, capacity dispatch with room for every assignment
+    # (capacity_factor = experts / top_k), gate weights not renormalised.
+    'moe_capacity': model_config('avgpool', **{
+        'moe.num_experts': 4, 'moe.top_k': 2, 'moe.every': 1, 'moe.dispatch': 'capacity',
+        'moe.capacity_factor': 2.0, 'moe.renormalize': False}),
 }
 
 
@@ -121,9 +130,13 @@ def packed_batch(config, seed: int = 0):
 
 
 def jax_logits(model, batch) -> np.ndarray:
+  """The JAX model's logits; an MoE model must have dropped nothing (the reference never
+  drops, so parity needs room for every assignment)."""
   inputs = {k: jnp.asarray(batch[k]) for k in ('tokens', 'segment_ids', 'positions', 'images',
                                               'image_valid')}
-  return np.asarray(nnx.jit(lambda m, b: m(b)[0])(model, inputs))
+  logits, aux = nnx.jit(lambda m, b: m(b))(model, inputs)
+  assert float(aux.get('moe/dropped_fraction', 0.0)) == 0.0
+  return np.asarray(logits)
 
 
 def export(model, config, out: str) -> dict[str, np.ndarray]:
