@@ -65,6 +65,7 @@ def read_config(path: str) -> dict:
 
 def read_tensors(path: str) -> dict[str, torch.Tensor]:
   """Every tensor of OUT/model.safetensors, or of the shards its index file lists."""
+  from safetensors import SafetensorError
   from safetensors.torch import load_file
   index = os.path.join(path, INDEX_FILE)
   if os.path.exists(index):
@@ -80,7 +81,10 @@ def read_tensors(path: str) -> dict[str, torch.Tensor]:
     file = os.path.join(path, name)
     if not os.path.exists(file):
       raise FileNotFoundError(f'{file} (listed in {INDEX_FILE}) does not exist')
-    shard = load_file(file)
+    try:
+      shard = load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+      raise ValueError(f'{file} is not a readable safetensors file (truncated?): {e}') from e
     if weight_map is not None:
       strays = sorted(k for k in shard if weight_map.get(k) != name)
       if strays:

@@ -266,6 +266,16 @@ def test_mismatched_tensors_are_named(exports, tmp_path):
     MM1ForCausalLM.from_pretrained(str(tmp_path))
 
 
+def test_truncated_safetensors_is_named(exports, tmp_path):
+  out = exports('attnpool_untied').out
+  with open(os.path.join(out, 'model.safetensors'), 'rb') as f:
+    data = f.read()
+  (tmp_path / 'model.safetensors').write_bytes(data[:len(data) // 2])
+  copy_config(out, tmp_path)
+  with pytest.raises(ValueError, match=r'model\.safetensors is not a readable safetensors'):
+    MM1ForCausalLM.from_pretrained(str(tmp_path))
+
+
 def test_imports_and_runs_without_jax(exports):
   """A process in which `import jax` (and flax) fails loads the export and runs it."""
   _, batch, expected, out, _ = exports('attnpool_untied')
