@@ -83,6 +83,8 @@ def main() -> None:
   parser.add_argument('--tokenizer', default=None, help='tokenizer for --init')
   parser.add_argument('--override', nargs='*', default=[])
   args = parser.parse_args()
+  if args.init and not args.tokenizer:
+    parser.error('--init needs --tokenizer (a SentencePiece model to ship with the export)')
   if args.init:
     init = subprocess.run([sys.executable, '-c', INIT, args.init, args.workdir, args.tokenizer]
                           + args.override, check=True, capture_output=True, text=True)
