@@ -13,17 +13,22 @@ the largest piece, and its rest continues in another row:
   positions restart at 0, a piece that starts mid-document carries no bos, and the last
   token of a piece has no target (the cut costs one next-token target).
 
-Grain's `BestFitPackIterDataset` and `FirstFitPackIterDataset` place elements whole, and
-`ConcatThenSplitIterDataset` cuts one feature at any index, which would split image runs
-and cannot keep an image with its run; hence this packer.
+Why not grain's packers: `FirstFitPackIterDataset` and `BestFitPackIterDataset` place
+elements whole (the padding this packer removes), and `ConcatThenSplitIterDataset` cuts
+each feature at its own index, so it would split image runs and part images from their
+runs. None has two coupled budgets with run-safe cut points.
 
-A window of up to `window` rows is filled at a time: a piece goes whole into the first
-open row it fits, a new row opens while the window has room, and otherwise the piece is
-cut as above. When a piece fits no row in any form, the window's rows are emitted in the
-order they were opened and the next window starts with that piece. The iterator's state
-is therefore the upstream state before the window's first document, the offset into that
+A window of up to `window` rows is filled at a time. A piece goes whole into the first
+row (open, or new while the window has room) where it fits without leaving a tail
+shorter than min_piece_tokens (such a tail could take no cut piece any more); otherwise
+it is cut into the row that takes the largest head (the fewest cuts per document); only
+when no cut is possible either does it go whole into a row where it leaves a short tail.
+When a piece fits no row in any form, the window's rows are emitted in the order they
+were opened and the next window starts with that piece. The iterator's state is
+therefore the upstream state before the window's first document, the offset into that
 document where the window starts (tokens and images) and the rows already emitted: a
-restore replays the window, exactly as grain's packers do.
+restore replays the window, exactly as grain's packers do. Documents are not reordered
+across windows, so the window size matters little here (unlike whole packing).
 """
 
 from __future__ import annotations
