@@ -1,7 +1,15 @@
 """Multimodal sequence packing: Documents -> fixed-shape rows under two budgets.
 
-Every row holds at most `seq_len` tokens and `max_images` images. Packing runs in three
-steps, each exactly resumable:
+Every row holds at most `seq_len` tokens and `max_images` images. Two modes
+(`config.data.packing`, applied by `pack_documents`):
+
+* 'fill' (`fill_packing.py`): documents are cut wherever a row has room left, at points
+  outside image runs; used for interleaved and text sources. Step 1 below passes the
+  documents whole (or truncated) and the fill packer replaces steps 2 and 3.
+* 'whole' (below, and always for captions): documents are cut only when longer than a
+  row, and placed whole.
+
+Whole packing runs in three steps, each exactly resumable:
 
 1. `ChunkDocumentsIterDataset` cuts a document that does not fit one row into consecutive
    chunks, never inside an image run, and at image boundaries when the images exceed the
@@ -12,8 +20,9 @@ steps, each exactly resumable:
    rows (denser than next-fit) with both budgets as its length struct. Its state is the
    upstream state where the window began plus the rows already emitted, so a restore
    replays the window.
-3. `finalize_row` derives the batch contract's fields (DESIGN.md section 2, no batch dim):
-   next-token targets within a segment, loss mask, segment ids, positions, image slots.
+3. `finalize_row` (both modes) derives the batch contract's fields (DESIGN.md section 2,
+   no batch dim): next-token targets within a segment, loss mask, segment ids, positions,
+   image slots.
 
 `rows_from_documents` builds rows without packing (one document per row, padded right),
 for inference.
