@@ -253,6 +253,9 @@ class _FillPackIterator(grain.DatasetIterator):
     return {**self._carry_state, 'emitted': self._skip_rows}
 
   def set_state(self, state: dict[str, Any]) -> None:
+    if not {'parent', 'tokens', 'images', 'emitted'} <= set(state):
+      raise ValueError("the iterator state was not saved by fill packing (saved with "
+                       "config.data.packing='whole'? resume with that setting)")
     self._parent.set_state(state['parent'])
     self._carry_state = {'parent': state['parent'], 'tokens': int(state['tokens']),
                          'images': int(state['images'])}

@@ -157,8 +157,8 @@ def open_usable_source(config, name: str, tokenizer):
   return source
 
 
-# Kinds that data.packing='fill' may cut between any two parts. A caption cut from its
-# image teaches nothing, so captions are always packed whole.
+# Kinds that data.packing='fill' may cut to fill a row (anywhere outside image runs). A
+# caption cut from its image teaches nothing, so captions are always packed whole.
 CUTTABLE_KINDS = ('interleaved', 'text')
 
 

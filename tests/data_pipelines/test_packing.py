@@ -308,3 +308,12 @@ def test_largest_cut(room_tokens, room_images, min_piece, expected):
                                  min_head=min_piece, min_tail=min_piece if room_tokens < 30
                                  else 0)
   assert cut == expected
+
+
+def test_fill_packing_rejects_a_whole_packing_state():
+  stream = grain.MapDataset.source(mixed_documents(12)).repeat().to_iter_dataset()
+  whole = iter(packing.pack_documents(stream, mode='whole', **BUDGETS))
+  next(whole)
+  fill = iter(packing.pack_documents(stream, mode='fill', **BUDGETS))
+  with pytest.raises(ValueError, match="data.packing='whole'"):
+    fill.set_state(whole.get_state())
