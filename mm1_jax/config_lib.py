@@ -61,6 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seed = 0
   c.data.resize = 'crop'  # 'crop': resize + centre crop; 'pad': resize + pad to square
   c.data.long_documents = 'split'  # 'split' into row-sized chunks, or 'truncate' to one row
+  # 'fill': interleaved and text documents are cut (never inside an image run) to fill
+  # each row; 'whole': documents are only cut when longer than a row. Captions: whole.
+  c.data.packing = 'fill'
+  c.data.min_piece_tokens = 8  # 'fill' makes no piece shorter (except in an empty row)
   c.data.shards = 0  # logical input shards (0: the process count); fixes the row stream
 
   c.train = ml_collections.ConfigDict()
@@ -232,6 +236,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"must be 'crop' or 'pad', got {data.get('resize')!r}")
   _require(data.get('long_documents', 'split') in ('split', 'truncate'), 'data.long_documents',
            f"must be 'split' or 'truncate', got {data.get('long_documents')!r}")
+  _require(data.get('packing', 'fill') in ('fill', 'whole'), 'data.packing',
+           f"must be 'fill' or 'whole', got {data.get('packing')!r}")
+  min_piece = data.get('min_piece_tokens', 8)
+  _require(isinstance(min_piece, int) and 1 <= min_piece <= data.seq_len,
+           'data.min_piece_tokens', f'must be an integer in [1, seq_len], got {min_piece!r}')
   shards = data.get('shards', 0)
   _require(isinstance(shards, int) and shards >= 0, 'data.shards',
            f'must be an integer >= 0 (0: one per process), got {shards!r}')

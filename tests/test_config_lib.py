@@ -28,6 +28,8 @@ def test_unknown_variant_is_named():
     ('train.grad_accum', 3, 'config.train.grad_accum'),
     ('train.dtype', 'float16', 'config.train.dtype'),
     ('data.seq_len', 0, 'config.data.seq_len'),
+    ('data.packing', 'tight', 'config.data.packing'),
+    ('data.min_piece_tokens', 0, 'config.data.min_piece_tokens'),
     ('mesh.fsdp', 0, 'config.mesh.fsdp'),
 ])
 def test_bad_value_names_its_key(key, value, named):
