@@ -128,8 +128,8 @@ def synthetic_packing(root: str, packing: str) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--rows", type=int, default=400,
-                      help="rows to time; fewer mostly time the prefetch that filled during warm-up")
+  parser.add_argument('--rows', type=int, default=400,
+                      help='rows to time; fewer mostly time the prefetch that filled during warm-up')
   parser.add_argument('--workers', type=int, default=os.cpu_count())
   parser.add_argument('--packing', choices=('fill', 'whole'), default='fill',
                       help='config.data.packing for both measurements')
