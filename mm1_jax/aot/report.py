@@ -1,0 +1,299 @@
+"""Compile a program for a TPU topology and read what XLA says about it, per chip.
+
+Memory (`compiled.memory_analysis()`, bytes per chip): arguments, outputs, the part of
+the outputs aliased to (donated) arguments, temporaries and generated code;
+    total = arguments + outputs - aliased + temporaries + generated code.
+The TPU compiler also reports its own peak; a program fits when the larger of the two is
+within the chip's HBM. An allocation that cannot fit at all stops the compiler; that is
+reported as not fitting, with the compiler's message.
+
+Cost (`compiled.cost_analysis()`, per chip): FLOPs, bytes accessed, and the TPU cost
+model's `optimal_seconds`. XLA counts the body of a loop once, whatever its trip count,
+so for scanned layers these numbers are corrected by compiling the same step unrolled at
+one and two units of depth (decoder layers, ViT blocks) and extrapolating linearly to
+the configured depths (see `loop_corrected_cost`); gradient accumulation is corrected the
+same way (one micro-batch, times the number of micro-batches). All of it is an estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import jax
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh
+
+from mm1_jax.aot import programs
+from mm1_jax.models.vit import num_blocks
+from mm1_jax.parallel import mesh as mesh_lib
+from mm1_jax.parallel import tpu_topology
+
+COST_KEYS = {'flops': 'flops', 'bytes accessed': 'bytes_accessed',
+             'optimal_seconds': 'optimal_seconds'}
+
+
+class AotError(ValueError):
+  """The program cannot be built or compiled as configured; the message names why."""
+
+
+def build_mesh(mesh_config, devices, slices: int = 1) -> Mesh:
+  """The config's mesh over `devices`; across slices the 'data' axis spans the slices."""
+  shape = mesh_lib.mesh_shape(mesh_config, len(devices))
+  if slices == 1:
+    return mesh_lib.make_mesh(mesh_config, devices)
+  data = shape[mesh_lib.MESH_AXES.index('data')]
+  if data % slices:
+    raise AotError(f'config.mesh.data={data} must be a multiple of --slices={slices}: '
+                   f'across slices only data parallelism is laid out (over DCN)')
+  per_slice = (data // slices,) + shape[1:]
+  dcn = (slices,) + (1,) * (len(shape) - 1)
+  array = mesh_utils.create_hybrid_device_mesh(per_slice, dcn, devices)
+  return Mesh(array, mesh_lib.MESH_AXES, axis_types=(AxisType.Auto,) * len(shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+  """Bytes per chip."""
+  arguments: int
+  outputs: int
+  aliased: int
+  temporaries: int
+  generated_code: int
+  compiler_peak: int | None
+
+  @property
+  def total(self) -> int:
+    return (self.arguments + self.outputs - self.aliased + self.temporaries
+            + self.generated_code)
+
+  @property
+  def needed(self) -> int:
+    return max(self.total, self.compiler_peak or 0)
+
+
+def read_memory(compiled) -> Memory:
+  stats = compiled.memory_analysis()
+  if stats is None:
+    raise AotError('the compiler reported no memory analysis for this program')
+  peak = getattr(stats, 'peak_memory_in_bytes', None)
+  return Memory(arguments=int(stats.argument_size_in_bytes),
+                outputs=int(stats.output_size_in_bytes),
+                aliased=int(stats.alias_size_in_bytes),
+                temporaries=int(stats.temp_size_in_bytes),
+                generated_code=int(stats.generated_code_size_in_bytes),
+                compiler_peak=int(peak) if peak else None)
+
+
+def read_cost(compiled) -> dict[str, float]:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
+    analysis = analysis[0] if analysis else {}
+  return {name: float(analysis[key]) for key, name in COST_KEYS.items()
+          if analysis and key in analysis}
+
+
+def compile_program(program: programs.Program, mesh: Mesh):
+  with jax.set_mesh(mesh):
+    return program.jitted.lower(*program.args).compile()
+
+
+_OOM = re.compile(r'RESOURCE_EXHAUSTED|Ran out of memory|exceeds the memory|out of memory',
+                  re.IGNORECASE)
+
+
+def is_out_of_memory(error: Exception) -> bool:
+  return bool(_OOM.search(str(error)))
+
+
+# ------------------------------------------------------------------- loop correction
+
+def _probe_config(config, decoder_units: int, vit_blocks: int):
+  """`config` unrolled, with `decoder_units` repeating units of decoder layers, `vit_blocks`
+  ViT blocks and one micro-batch."""
+  probe = config.copy_and_resolve_references()
+  unit = _decoder_unit(config)
+  probe.model.decoder.update(num_layers=decoder_units * unit, scan_layers=False)
+  vit = probe.model.vit
+  extra = vit.depth - num_blocks(vit.depth, vit.feature_layer)  # blocks that never run
+  if vit.feature_layer >= 0:
+    vit.feature_layer = vit_blocks
+  vit.update(depth=vit_blocks + extra, scan_layers=False)
+  probe.train.batch_size = config.train.batch_size // config.train.grad_accum
+  probe.train.grad_accum = 1
+  return probe
+
+
+def _decoder_unit(config) -> int:
+  """Decoder layers that repeat as one unit (MoE interleaves dense and expert layers)."""
+  moe = config.model.get('moe')
+  return int(moe.every) if moe is not None and moe.num_experts else 1
+
+
+def _has_loops(config, step: str) -> bool:
+  scanned = bool(config.model.decoder.scan_layers) or bool(config.model.vit.get('scan_layers'))
+  return scanned or (step == 'train' and config.train.grad_accum > 1)
+
+
+def loop_corrected_cost(config, mesh, step: str, progress=None) -> dict[str, float]:
+  """Cost per chip of `step` as if every loop were unrolled (see the module docstring)."""
+  units = config.model.decoder.num_layers / _decoder_unit(config)
+  blocks = num_blocks(config.model.vit.depth, config.model.vit.feature_layer)
+  micro = config.train.grad_accum if step == 'train' else 1
+  uses_vit = step == 'train'  # the decode step runs the decoder only
+  points = [(1, 1), (2, 1)] + ([(1, 2)] if uses_vit and blocks > 1 else [])
+  costs = []
+  for decoder_units, vit_blocks in points:
+    if progress:
+      progress(f'cost probe: {decoder_units * _decoder_unit(config)} decoder layers, '
+               f'{vit_blocks} ViT blocks, unrolled')
+    probe = _probe_config(config, decoder_units, vit_blocks)
+    compiled = compile_program(programs.make_program(probe, mesh, step), mesh)
+    costs.append(read_cost(compiled))
+  base = costs[0]
+  corrected = {}
+  for key in base:
+    per_unit = costs[1][key] - base[key]
+    per_block = costs[2][key] - base[key] if len(costs) > 2 else 0.0
+    value = base[key] + (units - 1) * per_unit + (blocks - 1) * per_block
+    corrected[key] = value * micro
+  return corrected
+
+
+# ---------------------------------------------------------------------------- report
+
+@dataclasses.dataclass
+class Report:
+  config_name: str
+  step: str
+  topology: str
+  chip: str
+  slices: int
+  chips: int
+  mesh: dict[str, int]
+  num_params: int
+  hbm_bytes: int
+  fits: bool
+  memory: Memory | None
+  cost: dict[str, float]          # per chip, as compiled (loops counted once)
+  cost_unrolled: dict[str, float]  # per chip, loops corrected (empty when not computed)
+  model_flops: float | None       # per step, all chips
+  peak_flops_per_chip: float
+  error: str = ''
+
+  @property
+  def estimated_seconds(self) -> float | None:
+    cost = self.cost_unrolled or self.cost
+    return cost.get('optimal_seconds')
+
+  @property
+  def estimated_mfu(self) -> float | None:
+    seconds = self.estimated_seconds
+    if not self.model_flops or not seconds:
+      return None
+    return self.model_flops / (seconds * self.chips * self.peak_flops_per_chip)
+
+  def as_dict(self) -> dict:
+    memory = None
+    if self.memory is not None:
+      memory = dataclasses.asdict(self.memory)
+      memory['total'] = self.memory.total
+    return {
+        'config': self.config_name, 'step': self.step, 'topology': self.topology,
+        'chip': self.chip, 'slices': self.slices, 'chips': self.chips, 'mesh': self.mesh,
+        'num_params': self.num_params, 'hbm_bytes_per_chip': self.hbm_bytes,
+        'fits': self.fits, 'memory_bytes_per_chip': memory,
+        'cost_per_chip_as_compiled': self.cost, 'cost_per_chip_estimate': self.cost_unrolled,
+        'model_flops_per_step': self.model_flops,
+        'peak_flops_per_chip': self.peak_flops_per_chip,
+        'estimated_step_seconds': self.estimated_seconds,
+        'estimated_mfu': self.estimated_mfu, 'error': self.error,
+    }
+
+
+def analyse(config, *, config_name: str, topology: tpu_topology.Topology, slices: int = 1,
+            step: str = 'train', hbm_bytes: int | None = None, correct_loops: bool = True,
+            progress=None) -> Report:
+  """Compiles `step` of `config` for `slices` x `topology` and reports per-chip numbers.
+
+  Raises AotError for a layout that cannot be built (mesh sizes, batch split); an HBM
+  overflow is reported (fits=False), not raised.
+  """
+  say = progress or (lambda message: None)
+  devices = tpu_topology.compile_only_devices(topology, slices)
+  try:
+    mesh = build_mesh(config.mesh, devices, slices)
+  except ValueError as e:
+    raise AotError(f'{e} ({topology.name} x {slices} slice(s) = {len(devices)} chips)') from e
+  program = programs.make_program(config, mesh, step)
+  hbm = topology.chip.hbm_bytes if hbm_bytes is None else int(hbm_bytes)
+  report = Report(config_name=config_name, step=step, topology=topology.name,
+                  chip=topology.chip.name, slices=slices, chips=len(devices),
+                  mesh=dict(mesh.shape), num_params=program.num_params, hbm_bytes=hbm,
+                  fits=False, memory=None, cost={}, cost_unrolled={},
+                  model_flops=program.model_flops,
+                  peak_flops_per_chip=topology.chip.peak_bf16_flops)
+  say(f'compiling the {step} step for {topology.name} ({topology.shape_name}) x {slices}, '
+      f'mesh {dict(mesh.shape)}')
+  try:
+    compiled = compile_program(program, mesh)
+  except jax.errors.JaxRuntimeError as e:
+    if not is_out_of_memory(e):
+      raise
+    report.error = f'HBM overflow reported by the compiler: {_first_lines(e)}'
+    return report
+  report.memory = read_memory(compiled)
+  report.cost = read_cost(compiled)
+  report.fits = report.memory.needed <= hbm
+  if not report.fits:
+    report.error = (f'needs {report.memory.needed / 2**30:.2f} GiB per chip, '
+                    f'{topology.chip.name} has {hbm / 2**30:.2f} GiB of HBM')
+  if correct_loops and report.cost and _has_loops(config, step):
+    report.cost_unrolled = loop_corrected_cost(config, mesh, step, say)
+  return report
+
+
+def _first_lines(error: Exception, count: int = 3) -> str:
+  return ' '.join(str(error).strip().splitlines()[:count])
+
+
+def _gib(n: float) -> str:
+  return f'{n / 2**30:.2f} GiB'
+
+
+def format_report(report: Report) -> str:
+  lines = [f'{report.config_name}: {report.step} step on {report.topology} '
+           f'({report.chips} {report.chip} chips, {report.slices} slice(s)), mesh {report.mesh}, '
+           f'{report.num_params / 1e9:.3f}B parameters']
+  if report.memory is not None:
+    m = report.memory
+    lines += ['memory per chip (compiler):',
+              f'  arguments        {_gib(m.arguments)}',
+              f'  outputs          {_gib(m.outputs)}',
+              f'  aliased (donated) -{_gib(m.aliased)}',
+              f'  temporaries      {_gib(m.temporaries)}',
+              f'  generated code   {_gib(m.generated_code)}',
+              f'  total            {_gib(m.total)}'
+              + (f'   (compiler peak {_gib(m.compiler_peak)})' if m.compiler_peak else ''),
+              f'  HBM              {_gib(report.hbm_bytes)}']
+  lines.append(f'fits: {"yes" if report.fits else "NO"}'
+               + (f' ({report.error})' if report.error else ''))
+  cost = report.cost_unrolled or report.cost
+  if cost:
+    label = 'loops unrolled, ' if report.cost_unrolled else ''
+    lines.append(f'estimate ({label}per chip): {cost.get("flops", math.nan):.3e} FLOPs, '
+                 f'{cost.get("bytes_accessed", math.nan):.3e} bytes accessed')
+  if report.estimated_seconds:
+    lines.append(f'estimated step time (XLA cost model): {report.estimated_seconds:.3f} s')
+  if report.model_flops:
+    lines.append(f'model FLOPs per step: {report.model_flops:.3e}')
+  if report.estimated_mfu is not None:
+    lines.append(f'estimated MFU: {100 * report.estimated_mfu:.1f}% '
+                 f'(model FLOPs / (estimated time x {report.chips} chips x '
+                 f'{report.peak_flops_per_chip / 1e12:.0f} TFLOP/s bf16 peak))')
+  return '\n'.join(lines)
+
+
+__all__ = ['AotError', 'Memory', 'Report', 'analyse', 'build_mesh', 'format_report',
+           'loop_corrected_cost', 'read_cost', 'read_memory']
