@@ -47,6 +47,7 @@ def main(argv) -> None:
   try:
     config_lib.validate(config)
     topology = tpu_topology.parse(_TOPOLOGY.value)
+    tpu_topology.describe_host_without_tpu(topology)
     report = report_lib.analyse(
         config, config_name=flags.FLAGS['config'].serialize().split('=', 1)[-1],
         topology=topology, slices=_SLICES.value, step=_STEP.value,

@@ -17,6 +17,7 @@ same way (one micro-batch, times the number of micro-batches). All of it is an e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -94,8 +95,19 @@ def read_cost(compiled) -> dict[str, float]:
           if analysis and key in analysis}
 
 
+@contextlib.contextmanager
+def _no_persistent_cache():
+  """Compile-only executables cannot be loaded back from JAX's persistent cache."""
+  enabled = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_enable_compilation_cache', enabled)
+
+
 def compile_program(program: programs.Program, mesh: Mesh):
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), _no_persistent_cache():
     return program.jitted.lower(*program.args).compile()
 
 
@@ -174,13 +186,26 @@ class Report:
   mesh: dict[str, int]
   num_params: int
   hbm_bytes: int
-  fits: bool
-  memory: Memory | None
+  memory: Memory | None           # None when the compiler ran out of HBM
   cost: dict[str, float]          # per chip, as compiled (loops counted once)
   cost_unrolled: dict[str, float]  # per chip, loops corrected (empty when not computed)
   model_flops: float | None       # per step, all chips
   peak_flops_per_chip: float
-  error: str = ''
+  compiler_error: str = ''
+
+  @property
+  def fits(self) -> bool:
+    return self.memory is not None and self.memory.needed <= self.hbm_bytes
+
+  @property
+  def error(self) -> str:
+    """Why it does not fit ('' when it does)."""
+    if self.memory is None:
+      return f'HBM overflow reported by the compiler: {self.compiler_error}'
+    if not self.fits:
+      return (f'needs {self.memory.needed / 2**30:.2f} GiB per chip, {self.chip} has '
+              f'{self.hbm_bytes / 2**30:.2f} GiB of HBM')
+    return ''
 
   @property
   def estimated_seconds(self) -> float | None:
@@ -231,7 +256,7 @@ def analyse(config, *, config_name: str, topology: tpu_topology.Topology, slices
   report = Report(config_name=config_name, step=step, topology=topology.name,
                   chip=topology.chip.name, slices=slices, chips=len(devices),
                   mesh=dict(mesh.shape), num_params=program.num_params, hbm_bytes=hbm,
-                  fits=False, memory=None, cost={}, cost_unrolled={},
+                  memory=None, cost={}, cost_unrolled={},
                   model_flops=program.model_flops,
                   peak_flops_per_chip=topology.chip.peak_bf16_flops)
   say(f'compiling the {step} step for {topology.name} ({topology.shape_name}) x {slices}, '
@@ -241,14 +266,10 @@ def analyse(config, *, config_name: str, topology: tpu_topology.Topology, slices
   except jax.errors.JaxRuntimeError as e:
     if not is_out_of_memory(e):
       raise
-    report.error = f'HBM overflow reported by the compiler: {_first_lines(e)}'
+    report.compiler_error = _first_lines(e)
     return report
   report.memory = read_memory(compiled)
   report.cost = read_cost(compiled)
-  report.fits = report.memory.needed <= hbm
-  if not report.fits:
-    report.error = (f'needs {report.memory.needed / 2**30:.2f} GiB per chip, '
-                    f'{topology.chip.name} has {hbm / 2**30:.2f} GiB of HBM')
   if correct_loops and report.cost and _has_loops(config, step):
     report.cost_unrolled = loop_corrected_cost(config, mesh, step, say)
   return report

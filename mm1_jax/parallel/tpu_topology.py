@@ -110,6 +110,21 @@ def libtpu_available() -> bool:
   return importlib.util.find_spec('libtpu') is not None
 
 
+def accelerator_type(topology: Topology) -> str:
+  """The name Cloud TPU's metadata would give this slice (v5e slices are 'v5litepod-N')."""
+  chip = 'v5litepod' if topology.chip.name == 'v5e' else topology.chip.name
+  return f'{chip}-{topology.num_chips * topology.chip.cores_per_name_unit}'
+
+
+def describe_host_without_tpu(topology: Topology) -> None:
+  """On a host without TPUs, tell libtpu what it would otherwise query from Cloud TPU
+  metadata (and print errors about): only for a process that compiles and runs nothing
+  on a TPU. Must run before libtpu is first loaded; keeps what the environment sets."""
+  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+  os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+  os.environ.setdefault('TPU_ACCELERATOR_TYPE', accelerator_type(topology))
+
+
 def compile_only_devices(topology: Topology, slices: int = 1) -> list:
   """Devices of `slices` copies of `topology` that XLA compiles for but that run nothing.
 
