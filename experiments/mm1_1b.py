@@ -24,7 +24,7 @@ steps. Chosen here where the paper is silent (Llama-style): vocabulary 32000, d_
 2048, 24 layers, 16 heads with 8 key/value heads, SwiGLU width 5632, tied embeddings:
 1.198B decoder parameters. C-Abstractor depth 3 at width 1024 (Honeybee's), SiLU readout of
 2 layers. Adam betas 0.9 / 0.95, clipping at 1.0, bfloat16 compute, scanned layers with
-rematerialisation of everything but batch-free matmuls.
+rematerialisation of everything but batch-free matmuls, in the decoder and in the ViT.
 
 This file also holds `build`, the shared recipe of mm1_3b/7b/30b.py.
 """
@@ -43,7 +43,10 @@ def build(*, decoder: dict, vit_size: str, image_size: int, vit_activation: str,
   model = config.model
   set_size(model.vit, vit_size, image_size)
   model.vit.update(activation=vit_activation, feature_layer=-2, use_class_token=True,
-                   drop_class_token=True, final_norm=False, scan_layers=True)
+                   drop_class_token=True, final_norm=False, scan_layers=True,
+                   # 16 images a row: without remat the ViT's saved attention
+                   # probabilities alone are 58 GiB at 8 rows (seen on one H200).
+                   remat='dots_with_no_batch_dims_saveable')
   model.connector.update(kind='c_abstractor', num_tokens=144, depth=3, width=1024, mlp_depth=2)
   model.decoder.update(decoder)
   model.decoder.update(rope_theta=10000.0, norm_eps=1e-5, attention='xla', scan_layers=True,
@@ -74,6 +77,7 @@ def build(*, decoder: dict, vit_size: str, image_size: int, vit_activation: str,
     model.connector.update(num_tokens=4, depth=1, width=64)
     model.decoder.update(small.model.decoder.to_dict())
     model.decoder.update(scan_layers=True, remat='none')
+    model.vit.remat = 'none'
     config.data = small.data
     config.train = small.train
     config.mesh.update(data=-1, fsdp=1)

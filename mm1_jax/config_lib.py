@@ -28,8 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
       activation='gelu', feature_layer=-1, use_class_token=False, norm_eps=1e-5,
       # final_norm: LayerNorm on the selected state (CLIP hidden states have none);
       # drop_class_token: remove the class token from the output after attention.
-      # scan_layers: stack the blocks and scan over them (as model.decoder.scan_layers).
-      final_norm=True, drop_class_token=False, scan_layers=False))
+      # scan_layers: stack the blocks and scan over them (as model.decoder.scan_layers);
+      # remat: rematerialisation policy of each block (as model.decoder.remat).
+      final_norm=True, drop_class_token=False, scan_layers=False, remat='none'))
   c.model.connector = ml_collections.ConfigDict(dict(
       kind='avgpool', num_tokens=64,
       num_heads=8,   # attnpool: heads of the cross-attention

@@ -15,7 +15,9 @@ With `use_class_token`, `drop_class_token` removes the class token from the outp
 it took part in attention, as CLIP-feature consumers usually do.
 
 `scan_layers` stacks the blocks on a leading 'layers' axis and scans over them, as the
-decoder does (one compiled block for ViT-H's 32).
+decoder does (one compiled block for ViT-H's 32). `remat` names a rematerialisation
+policy (mm1_jax.models.remat) for each block: with 16 images per row a ViT's saved
+activations, attention probabilities above all, outgrow the decoder's.
 
 Position embeddings are learned for the configured grid. Images of another size (any
 multiple of the patch size) get the patch table resized bicubically to their grid (the
@@ -33,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mm1_jax.models import layers
+from mm1_jax.models import layers, remat
 from mm1_jax.models.attention import Attention
 from mm1_jax.parallel.rules import constrain
 
@@ -122,6 +124,10 @@ class Block(nnx.Module):
     return constrain(x, ACTIVATION_NAMES)
 
 
+def _run_block(block: Block, x):
+  return block(x)
+
+
 class ViT(nnx.Module):
   """uint8 [n, H, W, 3] -> features [n, P (+1 with the class token first), width]."""
 
@@ -155,6 +161,8 @@ class ViT(nnx.Module):
     self.final_norm = (layers.LayerNorm(c.width, eps=c.norm_eps, rngs=rngs, dtype=dtype)
                        if c.get('final_norm', True) else None)
     self.drop_class_token = bool(c.get('drop_class_token', False))
+    self.remat = c.get('remat', 'none')
+    remat.check_policy(self.remat, 'model.vit.remat')
     self.dtype = dtype
 
   def patchify(self, images: jax.Array) -> jax.Array:
@@ -178,15 +186,16 @@ class ViT(nnx.Module):
                                                self.class_token is not None)
     x = x + positions.astype(self.dtype)
     x = constrain(self.pre_norm(x), ACTIVATION_NAMES)
+    run_block = remat.wrap(_run_block, self.remat)
     if self.scan_layers:
       @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
                 transform_metadata={nnx.PARTITION_NAME: 'layers'})
       def run_stack(x, block):
-        return block(x)
+        return run_block(block, x)
       x = run_stack(x, self.blocks)
     else:
       for block in self.blocks:
-        x = block(x)
+        x = run_block(block, x)
     if self.final_norm is not None:
       x = self.final_norm(x)
     return x[:, 1:] if self.drop_class_token and self.class_token is not None else x

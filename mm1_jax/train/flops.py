@@ -55,14 +55,14 @@ def train_flops_per_step(config, params, *, num_images: float) -> float:
   return 3.0 * forward
 
 
-def measured_matmul_flops(size: int = 512, repeats: int = 5) -> float:
-  """FLOP/s of float32 [size, size] matmuls run on all local devices at once, best of
+def measured_matmul_flops(size: int = 512, repeats: int = 5, dtype=np.float32) -> float:
+  """FLOP/s of [size, size] matmuls in `dtype` run on all local devices at once, best of
   `repeats`: what this process's matmuls achieve when every device is busy, as in a step."""
   devices = jax.local_devices()
   mesh = jax.sharding.Mesh(devices, ('d',))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('d'))
   # From host memory onto this process's devices only (never the job's global mesh).
-  x = jax.device_put(np.ones((len(devices), size, size), np.float32), sharding)
+  x = jax.device_put(np.ones((len(devices), size, size), dtype), sharding)
   matmul = jax.jit(lambda a: jnp.einsum('nij,njk->nik', a, a), out_shardings=sharding)
   matmul(x).block_until_ready()
   best = float('inf')

@@ -13,6 +13,7 @@ from PIL import Image
 from data_pipelines import sources
 from data_pipelines import synthetic
 from data_pipelines import tokenizer as tokenizer_lib
+from data_pipelines.synthetic_world import world as world_lib
 
 SCALE = 0.02
 
@@ -149,10 +150,10 @@ def test_held_out_never_in_training(world):
 
 def test_held_out_scenes_never_sampled_for_training():
   held_out = synthetic.choose_held_out(0)
-  pairs = synthetic._Pairs(held_out, include_held_out=False)  # pylint: disable=protected-access
+  pairs = world_lib.Pairs(held_out, include_held_out=False)
   rng = np.random.default_rng(0)
   for _ in range(2000):
-    for obj in synthetic._sample_scene(rng, pairs):  # pylint: disable=protected-access
+    for obj in world_lib.sample_scene(rng, pairs):
       assert (obj['colour'], obj['shape']) not in held_out
 
 

@@ -84,3 +84,24 @@ def test_named_sizes():
           config.image_size) == (1280, 32, 16, 5120, 14, 378)
   with pytest.raises(ValueError, match='unknown ViT size'):
     set_size(config, 'G/14', 224)
+
+
+def test_remat_keeps_values_and_gradients():
+  """A remat policy only changes what the backward pass stores, never the numbers."""
+  images = _images(2)
+
+  def loss_and_grads(**overrides):
+    vit = ViT(_vit_config(scan_layers=True, **overrides), rngs=nnx.Rngs(0))
+    loss = lambda m: jnp.mean(m(images) ** 2)
+    return nnx.value_and_grad(loss)(vit)
+
+  plain_loss, plain_grads = loss_and_grads(remat='none')
+  remat_loss, remat_grads = loss_and_grads(remat='dots_with_no_batch_dims_saveable')
+  np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(plain_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_remat_names_the_key():
+  with pytest.raises(ValueError, match='model.vit.remat'):
+    ViT(_vit_config(remat='sometimes'), rngs=nnx.Rngs(0))
