@@ -43,7 +43,7 @@ def main(argv) -> None:
   from mm1_jax.aot import report as report_lib
   from mm1_jax.parallel import tpu_topology
   config = _CONFIG.value
-  progress = None if _JSON.value else (lambda message: print(message, file=sys.stderr))
+  progress = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
   try:
     config_lib.validate(config)
     topology = tpu_topology.parse(_TOPOLOGY.value)
