@@ -74,6 +74,9 @@ def test_train_step_compiles_with_data_and_fsdp(train_report):
   assert r.fits and m.needed <= r.hbm_bytes == 16 * 2**30
   assert r.cost['flops'] > 0 and r.estimated_seconds > 0
   assert 0 < r.estimated_mfu < 1
+  # What XLA counts for the 4 chips is the model's FLOPs (mm1_jax.models.flops) and a
+  # little more (norms, softmax, the optimizer).
+  assert 1 <= r.flops_coverage < 1.2
   # fsdp shards the state: each chip holds about half of the float32 parameters and moments.
   state_bytes = 3 * 4 * r.num_params
   assert state_bytes / 2 * 0.9 < m.arguments < state_bytes * 0.75

@@ -3,8 +3,8 @@
 Memory (`compiled.memory_analysis()`, bytes per chip): arguments, outputs, the part of
 the outputs aliased to (donated) arguments, temporaries and generated code;
     total = arguments + outputs - aliased + temporaries + generated code.
-The TPU compiler also reports its own peak; a program fits when the larger of the two is
-within the chip's HBM. An allocation that cannot fit at all stops the compiler; that is
+The TPU compiler also reports its own peak of live buffers; a program fits when that peak
+(or, without one, the total) is within the chip's HBM. An allocation that cannot fit at all stops the compiler; that is
 reported as not fitting, with the compiler's message.
 
 Cost (`compiled.cost_analysis()`, per chip): FLOPs, bytes accessed, and the TPU cost
@@ -71,7 +71,10 @@ class Memory:
 
   @property
   def needed(self) -> int:
-    return max(self.total, self.compiler_peak or 0)
+    """What must fit: the compiler's peak of live buffers where it reports one (buffers
+    of different lifetimes share memory, so the peak can be below the sum of the parts;
+    and above it, with what the runtime reserves), else the total."""
+    return self.compiler_peak if self.compiler_peak else self.total
 
 
 def read_memory(compiled) -> Memory:
@@ -213,6 +216,16 @@ class Report:
     return cost.get('optimal_seconds')
 
   @property
+  def flops_coverage(self) -> float | None:
+    """FLOPs the cost analysis counted (all chips) / the model's FLOPs. Well below 1 means
+    it missed work, e.g. loops the compiler itself made (collective matmuls), and the
+    estimated time is too short by about as much."""
+    cost = self.cost_unrolled or self.cost
+    if not self.model_flops or 'flops' not in cost:
+      return None
+    return cost['flops'] * self.chips / self.model_flops
+
+  @property
   def estimated_mfu(self) -> float | None:
     seconds = self.estimated_seconds
     if not self.model_flops or not seconds:
@@ -233,7 +246,8 @@ class Report:
         'model_flops_per_step': self.model_flops,
         'peak_flops_per_chip': self.peak_flops_per_chip,
         'estimated_step_seconds': self.estimated_seconds,
-        'estimated_mfu': self.estimated_mfu, 'error': self.error,
+        'estimated_mfu': self.estimated_mfu, 'flops_coverage': self.flops_coverage,
+        'error': self.error,
     }
 
 
@@ -313,6 +327,11 @@ def format_report(report: Report) -> str:
     lines.append(f'estimated MFU: {100 * report.estimated_mfu:.1f}% '
                  f'(model FLOPs / (estimated time x {report.chips} chips x '
                  f'{report.peak_flops_per_chip / 1e12:.0f} TFLOP/s bf16 peak))')
+  coverage = report.flops_coverage
+  if coverage is not None:
+    lines.append(f'the cost analysis counted {100 * coverage:.0f}% of the model FLOPs'
+                 + (': it missed work, so the time is underestimated and the MFU overstated'
+                    if coverage < 0.9 else ''))
   return '\n'.join(lines)
 
 
