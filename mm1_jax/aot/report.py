@@ -9,10 +9,11 @@ reported as not fitting, with the compiler's message.
 
 Cost (`compiled.cost_analysis()`, per chip): FLOPs, bytes accessed, and the TPU cost
 model's `optimal_seconds`. XLA counts the body of a loop once, whatever its trip count,
-so for scanned layers these numbers are corrected by compiling the same step unrolled at
-one and two units of depth (decoder layers, ViT blocks) and extrapolating linearly to
-the configured depths (see `loop_corrected_cost`); gradient accumulation is corrected the
-same way (one micro-batch, times the number of micro-batches). All of it is an estimate.
+and the TPU compiler makes loops of its own (windowed einsums over fsdp shards). When the
+program has loops, the cost comes from probes compiled without windowed einsums, with
+each scanned stack (decoder layers, ViT blocks) unrolled at one and at two layers,
+extrapolated linearly to the configured depths (see `loop_corrected_cost`); gradient
+accumulation multiplies by the number of micro-batches. All of it is an estimate.
 """
 
 from __future__ import annotations
@@ -109,9 +110,9 @@ def _no_persistent_cache():
     jax.config.update('jax_enable_compilation_cache', enabled)
 
 
-def compile_program(program: programs.Program, mesh: Mesh):
+def compile_program(program: programs.Program, mesh: Mesh, options: dict | None = None):
   with jax.set_mesh(mesh), _no_persistent_cache():
-    return program.jitted.lower(*program.args).compile()
+    return program.jitted.lower(*program.args).compile(compiler_options=options)
 
 
 _OOM = re.compile(r'RESOURCE_EXHAUSTED|Ran out of memory|exceeds the memory|out of memory',
@@ -124,20 +125,11 @@ def is_out_of_memory(error: Exception) -> bool:
 
 # ------------------------------------------------------------------- loop correction
 
-def _probe_config(config, decoder_units: int, vit_blocks: int):
-  """`config` unrolled, with `decoder_units` repeating units of decoder layers, `vit_blocks`
-  ViT blocks and one micro-batch."""
-  probe = config.copy_and_resolve_references()
-  unit = _decoder_unit(config)
-  probe.model.decoder.update(num_layers=decoder_units * unit, scan_layers=False)
-  vit = probe.model.vit
-  extra = vit.depth - num_blocks(vit.depth, vit.feature_layer)  # blocks that never run
-  if vit.feature_layer >= 0:
-    vit.feature_layer = vit_blocks
-  vit.update(depth=vit_blocks + extra, scan_layers=False)
-  probe.train.batch_size = config.train.batch_size // config.train.grad_accum
-  probe.train.grad_accum = 1
-  return probe
+# The TPU compiler turns a matmul whose operand is all-gathered (or whose result is
+# reduce-scattered) over fsdp into a loop over the shards (a windowed einsum), of which
+# the cost analysis again counts one step: off for the cost probes, every FLOP counts.
+COST_COMPILER_OPTIONS = {'xla_tpu_enable_windowed_einsum_for_all_gather': False,
+                         'xla_tpu_enable_windowed_einsum_for_reduce_scatter': False}
 
 
 def _decoder_unit(config) -> int:
@@ -146,32 +138,65 @@ def _decoder_unit(config) -> int:
   return int(moe.every) if moe is not None and moe.num_experts else 1
 
 
-def _has_loops(config, step: str) -> bool:
-  scanned = bool(config.model.decoder.scan_layers) or bool(config.model.vit.get('scan_layers'))
-  return scanned or (step == 'train' and config.train.grad_accum > 1)
+def _scanned(config, step: str) -> tuple[bool, bool]:
+  """(decoder scanned, ViT scanned and run): the decode step runs no ViT."""
+  vit = step == 'train' and bool(config.model.vit.get('scan_layers'))
+  return bool(config.model.decoder.scan_layers), vit
+
+
+def _probe_config(config, decoder_units: int | None, vit_blocks: int | None):
+  """`config` with one micro-batch and each scanned stack unrolled at the given depth
+  (None: the stack as configured)."""
+  probe = config.copy_and_resolve_references()
+  if decoder_units is not None:
+    probe.model.decoder.update(num_layers=decoder_units * _decoder_unit(config),
+                               scan_layers=False)
+  if vit_blocks is not None:
+    vit = probe.model.vit
+    never_run = vit.depth - num_blocks(vit.depth, vit.feature_layer)
+    if vit.feature_layer >= 0:
+      vit.feature_layer = vit_blocks
+    vit.update(depth=vit_blocks + never_run, scan_layers=False)
+  probe.train.batch_size = config.train.batch_size // config.train.grad_accum
+  probe.train.grad_accum = 1
+  return probe
 
 
 def loop_corrected_cost(config, mesh, step: str, progress=None) -> dict[str, float]:
-  """Cost per chip of `step` as if every loop were unrolled (see the module docstring)."""
-  units = config.model.decoder.num_layers / _decoder_unit(config)
-  blocks = num_blocks(config.model.vit.depth, config.model.vit.feature_layer)
-  micro = config.train.grad_accum if step == 'train' else 1
-  uses_vit = step == 'train'  # the decode step runs the decoder only
-  points = [(1, 1), (2, 1)] + ([(1, 2)] if uses_vit and blocks > 1 else [])
+  """Cost per chip of `step` with every loop counted in full (module docstring).
+
+  Compiled without windowed einsums: the base probe has each scanned stack unrolled at
+  one layer, and one more probe per scanned stack at two layers gives that stack's cost
+  per layer, extrapolated linearly to its depth. Micro-batches multiply the whole.
+  """
+  decoder_scanned, vit_scanned = _scanned(config, step)
+  base = (1 if decoder_scanned else None, 1 if vit_scanned else None)
+  points = [base]
+  if decoder_scanned:
+    points.append((2, base[1]))
+  if vit_scanned:
+    points.append((base[0], 2))
   costs = []
   for decoder_units, vit_blocks in points:
     if progress:
-      progress(f'cost probe: {decoder_units * _decoder_unit(config)} decoder layers, '
-               f'{vit_blocks} ViT blocks, unrolled')
+      layers = 'as configured' if decoder_units is None else decoder_units * _decoder_unit(config)
+      blocks = 'as configured' if vit_blocks is None else vit_blocks
+      progress(f'cost probe {len(costs) + 1}/{len(points)}: decoder layers {layers}, '
+               f'ViT blocks {blocks} (unrolled)')
     probe = _probe_config(config, decoder_units, vit_blocks)
-    compiled = compile_program(programs.make_program(probe, mesh, step), mesh)
+    compiled = compile_program(programs.make_program(probe, mesh, step), mesh,
+                               COST_COMPILER_OPTIONS)
     costs.append(read_cost(compiled))
-  base = costs[0]
+  trips = []
+  if decoder_scanned:
+    trips.append(config.model.decoder.num_layers // _decoder_unit(config))
+  if vit_scanned:
+    trips.append(num_blocks(config.model.vit.depth, config.model.vit.feature_layer))
+  micro = config.train.grad_accum if step == 'train' else 1
   corrected = {}
-  for key in base:
-    per_unit = costs[1][key] - base[key]
-    per_block = costs[2][key] - base[key] if len(costs) > 2 else 0.0
-    value = base[key] + (units - 1) * per_unit + (blocks - 1) * per_block
+  for key, value in costs[0].items():
+    for extra, n in zip(costs[1:], trips):
+      value += (n - 1) * (extra[key] - costs[0][key])
     corrected[key] = value * micro
   return corrected
 
@@ -284,7 +309,8 @@ def analyse(config, *, config_name: str, topology: tpu_topology.Topology, slices
     return report
   report.memory = read_memory(compiled)
   report.cost = read_cost(compiled)
-  if correct_loops and report.cost and _has_loops(config, step):
+  has_loops = any(_scanned(config, step)) or ' while(' in compiled.as_text()
+  if correct_loops and report.cost and (has_loops or config.train.grad_accum > 1):
     report.cost_unrolled = loop_corrected_cost(config, mesh, step, say)
   return report
 
