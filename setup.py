@@ -55,6 +55,8 @@ setup(
             'mm1-train=mm1_jax.train.__main__:run',
             'mm1-prepare=data_pipelines.prepare:run',
             'mm1-evaluate=mm1_jax.evaluate:run',
+            'mm1-export=mm1_jax.export.to_pytorch:run',
+            'mm1-from-pytorch=mm1_jax.export.from_pytorch:run',
             'mm1-aot=mm1_jax.aot.__main__:run',
         ],
     },

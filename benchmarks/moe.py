@@ -1,15 +1,16 @@
 """MoE step time over dense step time with the same active parameters, measured in one run.
 
-    python benchmarks/moe.py [--dispatch=capacity|dropless] [--every=1] [--length=128]
+    python benchmarks/moe.py [--dispatch=capacity|dropless] [--every=1] [--scan] [--length=128]
 
 A train step (forward, backward, AdamW update) of a decoder whose feed-forward blocks are
-top-2-of-8 MoE layers (expert width d_ff), against the same decoder with dense SwiGLU
-blocks of width 2 * d_ff: the same active parameters and matmul FLOPs per token. The MoE
-decoder is mm1_jax's Decoder with the `mlp` of every `--every`-th layer replaced by
-mm1_jax.models.moe.MoE (its auxiliary losses sown and added to the loss, as the train step
-does). The two steps are timed alternately and the best of several repeats is kept, so
-that load from other processes hits both alike. Prints the JSON it measured, then the
-ratio (the issue's goal: at most 1.3). Never imported by the tests.
+top-2-of-8 MoE layers (expert width d_ff) every `--every`-th layer, SwiGLU of width 2 * d_ff
+in the others, against the same decoder with dense SwiGLU blocks of width 2 * d_ff
+everywhere: the same active matmul parameters and FLOPs per token (plus the router). The MoE
+decoder is mm1_jax's Decoder with model.moe set (an MoE layer every `--every`-th layer,
+scanned as in the pod configs with --scan), its auxiliary losses added to the loss as the
+train step does. The two steps are timed alternately and the best of several repeats is
+kept, so that load from other processes hits both alike. Prints the JSON it measured,
+then the ratio (the issue's goal: at most 1.3). Never imported by the tests.
 """
 
 from __future__ import annotations
@@ -29,34 +30,12 @@ from flax import nnx  # noqa: E402
 
 from experiments import tiny  # noqa: E402
 from mm1_jax.models.decoder import Decoder  # noqa: E402
-from mm1_jax.models.moe import MoE  # noqa: E402
-
-
-class MoEBlock(nnx.Module):
-  """A DecoderLayer's `mlp` slot filled by an MoE layer; its '_loss' values are sown."""
-
-  def __init__(self, d_model, d_ff, moe_config, *, rngs):
-    self.moe = MoE(d_model, d_ff, moe_config, rngs=rngs)
-
-  def __call__(self, x):
-    y, aux = self.moe(x)
-    self.sow(nnx.Intermediate, 'aux_loss',
-             sum(v for k, v in aux.items() if k.endswith('_loss')))
-    return y
-
-
-def moe_decoder(decoder_config, moe_config, every: int, *, rngs) -> Decoder:
-  decoder = Decoder(decoder_config, rngs=rngs)
-  for i, layer in enumerate(decoder.layers):
-    if (i + 1) % every == 0:
-      layer.mlp = MoEBlock(decoder_config.d_model, decoder_config.d_ff, moe_config, rngs=rngs)
-  return decoder
 
 
 def _decoder_config(args, d_ff):
   config = tiny.get_config().model.decoder
   config.update(d_model=args.d_model, d_ff=d_ff, num_layers=args.layers, num_heads=4,
-                num_kv_heads=2, vocab_size=args.vocab)
+                num_kv_heads=2, vocab_size=args.vocab, scan_layers=args.scan)
   return config
 
 
@@ -65,6 +44,7 @@ def _moe_config(args):
   config.update(num_experts=args.experts, top_k=args.top_k, every=args.every,
                 dispatch=args.dispatch, capacity_factor=args.capacity_factor)
   config.group_size = args.group_size
+  config.d_ff = args.d_ff  # the experts; the other layers are as wide as the dense baseline
   return config
 
 
@@ -78,11 +58,9 @@ def make_step(model: Decoder, batch: int, length: int):
     decoder = nnx.merge(graphdef, params)
     segments = jnp.ones_like(tokens)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    forward = nnx.capture(lambda d: d(d.embed_tokens(tokens), segments, positions),
-                          nnx.Intermediate)
-    logits, sown = forward(decoder)
+    logits, aux = decoder.forward(decoder.embed_tokens(tokens), segments, positions)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
-    return loss + sum(jax.tree.leaves(sown))
+    return loss + sum(v for k, v in aux.items() if k.endswith('_loss'))
 
   @jax.jit
   def step(state, tokens):
@@ -129,10 +107,11 @@ def main(argv=None):
   parser.add_argument('--length', type=int, default=128)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--scan', action='store_true', help='scan over layers (groups)')
   args = parser.parse_args(argv)
 
-  moe = moe_decoder(_decoder_config(args, args.d_ff), _moe_config(args), args.every,
-                    rngs=nnx.Rngs(0))
+  moe = Decoder(_decoder_config(args, args.top_k * args.d_ff), moe_config=_moe_config(args),
+                rngs=nnx.Rngs(0))
   dense = Decoder(_decoder_config(args, args.top_k * args.d_ff), rngs=nnx.Rngs(0))
   runs = {'moe': make_step(moe, args.batch, args.length),
           'dense': make_step(dense, args.batch, args.length)}
@@ -143,7 +122,7 @@ def main(argv=None):
                 ratio=seconds['moe'] / seconds['dense'])
   print(json.dumps(result, indent=1))
   print(f"MoE/dense step time: {result['ratio']:.3f} (top-{args.top_k} of {args.experts}, "
-        f"dispatch={args.dispatch}, every={args.every})")
+        f"dispatch={args.dispatch}, every={args.every}, scan={args.scan})")
 
 
 if __name__ == '__main__':

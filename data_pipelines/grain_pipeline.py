@@ -157,13 +157,25 @@ def open_usable_source(config, name: str, tokenizer):
   return source
 
 
+# Kinds that data.packing='fill' may cut to fill a row (anywhere outside image runs). A
+# caption cut from its image teaches nothing, so captions are always packed whole.
+CUTTABLE_KINDS = ('interleaved', 'text')
+
+
+def packing_mode(config, name: str) -> str:
+  """'fill' or 'whole' for one source: config.data.packing, 'whole' for captions."""
+  mode = config.data.get('packing', 'fill')
+  return mode if config.data.sources[name].kind in CUTTABLE_KINDS else 'whole'
+
+
 def pack_rows(config, name: str, documents: grain.IterDataset, tokenizer) -> grain.IterDataset:
   """Documents (or Skipped markers) of one source -> packed contract rows."""
   return packing.pack_documents(
       documents, seq_len=config.data.seq_len, max_images=config.data.max_images,
       num_image_tokens=config.model.connector.num_tokens,
       image_token_id=config.model.image_token_id, pad_id=tokenizer.pad_id, source_name=name,
-      long_documents=config.data.get('long_documents', 'split'))
+      long_documents=config.data.get('long_documents', 'split'),
+      mode=packing_mode(config, name), min_piece_tokens=config.data.get('min_piece_tokens'))
 
 
 def _source_rows(config, name: str, source, source_id: int, tokenizer, *, shard_index: int,

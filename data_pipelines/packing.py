@@ -1,7 +1,15 @@
 """Multimodal sequence packing: Documents -> fixed-shape rows under two budgets.
 
-Every row holds at most `seq_len` tokens and `max_images` images. Packing runs in three
-steps, each exactly resumable:
+Every row holds at most `seq_len` tokens and `max_images` images. Two modes
+(`config.data.packing`, applied by `pack_documents`):
+
+* 'fill' (`fill_packing.py`): documents are cut wherever a row has room left, at points
+  outside image runs; used for interleaved and text sources. Step 1 below passes the
+  documents whole (or truncated) and the fill packer replaces steps 2 and 3.
+* 'whole' (below, and always for captions): documents are cut only when longer than a
+  row, and placed whole.
+
+Whole packing runs in three steps, each exactly resumable:
 
 1. `ChunkDocumentsIterDataset` cuts a document that does not fit one row into consecutive
    chunks, never inside an image run, and at image boundaries when the images exceed the
@@ -12,8 +20,9 @@ steps, each exactly resumable:
    rows (denser than next-fit) with both budgets as its length struct. Its state is the
    upstream state where the window began plus the rows already emitted, so a restore
    replays the window.
-3. `finalize_row` derives the batch contract's fields (DESIGN.md section 2, no batch dim):
-   next-token targets within a segment, loss mask, segment ids, positions, image slots.
+3. `finalize_row` (both modes) derives the batch contract's fields (DESIGN.md section 2,
+   no batch dim): next-token targets within a segment, loss mask, segment ids, positions,
+   image slots.
 
 `rows_from_documents` builds rows without packing (one document per row, padded right),
 for inference.
@@ -34,6 +43,7 @@ from data_pipelines.documents import Document, Skipped
 DEFAULT_PACKING_WINDOW = 32  # open rows searched first-fit; emitted together when full
 MAX_CONSECUTIVE_SKIPS = 10_000  # a source this broken is a configuration error
 LONG_DOCUMENT_POLICIES = ('split', 'truncate')
+PACKING_MODES = ('fill', 'whole')
 
 
 def image_run_starts(tokens: np.ndarray, *, num_image_tokens: int,
@@ -84,10 +94,11 @@ class _ChunkDocumentsIterator(grain.DatasetIterator):
   """Documents and Skipped markers in; row-sized chunks with a `num_skipped` count out."""
 
   def __init__(self, parent: grain.DatasetIterator, *, split_kwargs: dict[str, int],
-               source_name: str, truncate: bool = False):
+               source_name: str, truncate: bool = False, split: bool = True):
     super().__init__(parent)
     self._split_kwargs = split_kwargs
     self._truncate = truncate
+    self._split = split
     self._source_name = source_name
     self._chunks: list[Document] = []
     self._next_chunk = 0
@@ -117,7 +128,10 @@ class _ChunkDocumentsIterator(grain.DatasetIterator):
                            f'in a row (the last: {element.reason})')
     self._document_state = state
     self._image_shape = element.images.shape[1:]
-    self._chunks = split_document(element, **self._split_kwargs)
+    if self._split or self._truncate:
+      self._chunks = split_document(element, **self._split_kwargs)
+    else:
+      self._chunks = [element]
     if self._truncate:
       self._chunks = self._chunks[:1]
     self._next_chunk = 0
@@ -152,7 +166,8 @@ class ChunkDocumentsIterDataset(grain.IterDataset):
 
   def __init__(self, parent: grain.IterDataset, *, seq_len: int, max_images: int,
                num_image_tokens: int, image_token_id: int, source_name: str = '',
-               long_documents: str = 'split'):
+               long_documents: str = 'split', split: bool = True):
+    """split=False passes documents whole (unless truncated) for a packer that cuts them."""
     super().__init__(parent)
     if long_documents not in LONG_DOCUMENT_POLICIES:
       raise ValueError(f'unknown long-document policy {long_documents!r} '
@@ -161,10 +176,12 @@ class ChunkDocumentsIterDataset(grain.IterDataset):
                               num_image_tokens=num_image_tokens, image_token_id=image_token_id)
     self._source_name = source_name
     self._truncate = long_documents == 'truncate'
+    self._split = split
 
   def __iter__(self) -> grain.DatasetIterator:
     return _ChunkDocumentsIterator(self._parent.__iter__(), split_kwargs=self._split_kwargs,
-                                   source_name=self._source_name, truncate=self._truncate)
+                                   source_name=self._source_name, truncate=self._truncate,
+                                   split=self._split)
 
   def __str__(self) -> str:
     return f'ChunkDocumentsIterDataset({self._source_name})'
@@ -212,11 +229,27 @@ class PackedToRow(grain.transforms.Map):
 def pack_documents(documents: grain.IterDataset, *, seq_len: int, max_images: int,
                    num_image_tokens: int, image_token_id: int, pad_id: int = 0,
                    window: int = DEFAULT_PACKING_WINDOW, source_name: str = '',
-                   long_documents: str = 'split') -> grain.IterDataset:
-  """IterDataset of Document | Skipped -> IterDataset of contract rows (no batch dim)."""
+                   long_documents: str = 'split', mode: str = 'whole',
+                   min_piece_tokens: int | None = None) -> grain.IterDataset:
+  """IterDataset of Document | Skipped -> IterDataset of contract rows (no batch dim).
+
+  mode='whole': documents (or their row-sized chunks) are placed whole, first-fit.
+  mode='fill': documents are cut to fill rows (fill_packing.py); for kinds whose parts
+  may be separated (interleaved, text), never for captions.
+  """
+  if mode not in PACKING_MODES:
+    raise ValueError(f'unknown packing mode {mode!r} (one of {PACKING_MODES})')
   chunks = ChunkDocumentsIterDataset(
       documents, seq_len=seq_len, max_images=max_images, num_image_tokens=num_image_tokens,
-      image_token_id=image_token_id, source_name=source_name, long_documents=long_documents)
+      image_token_id=image_token_id, source_name=source_name, long_documents=long_documents,
+      split=mode == 'whole')
+  if mode == 'fill':
+    # Imported here: fill_packing builds on this module.
+    from data_pipelines import fill_packing  # pylint: disable=g-import-not-at-top
+    return fill_packing.FillPackIterDataset(
+        chunks, seq_len=seq_len, max_images=max_images, num_image_tokens=num_image_tokens,
+        image_token_id=image_token_id, pad_id=pad_id, window=window,
+        min_piece_tokens=min_piece_tokens or fill_packing.DEFAULT_MIN_PIECE_TOKENS)
   packed = FirstFitPackIterDataset(
       chunks, length_struct={'tokens': seq_len, 'images': max_images},
       num_packing_bins=window, shuffle_bins=False, meta_features=('num_skipped',),

@@ -41,9 +41,12 @@ def base_config() -> ml_collections.ConfigDict:
       vocab_size=32000, d_model=512, num_layers=8, num_heads=8, num_kv_heads=8, d_ff=1408,
       rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True, attention='xla',
       scan_layers=False, remat='none'))
+  # Mixture of experts (mm1_jax/models/moe.py): num_experts 0 is a dense decoder. Layers
+  # every-1, 2*every-1, ... are MoE. renormalize: top-k gate weights sum to one; group_size:
+  # capacity groups of that many tokens (0: a row); d_ff: expert width (0: decoder.d_ff).
   c.model.moe = ml_collections.ConfigDict(dict(
       num_experts=0, top_k=2, every=1, dispatch='capacity', capacity_factor=1.25,
-      load_balance_weight=0.01, z_loss_weight=0.001))
+      load_balance_weight=0.01, z_loss_weight=0.001, renormalize=True, group_size=0, d_ff=0))
 
   c.data = ml_collections.ConfigDict()
   c.data.root = ''
@@ -58,6 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seed = 0
   c.data.resize = 'crop'  # 'crop': resize + centre crop; 'pad': resize + pad to square
   c.data.long_documents = 'split'  # 'split' into row-sized chunks, or 'truncate' to one row
+  # 'fill': interleaved and text documents are cut (never inside an image run) to fill
+  # each row; 'whole': documents are only cut when longer than a row. Captions: whole.
+  c.data.packing = 'fill'
+  c.data.min_piece_tokens = 8  # 'fill' makes no piece shorter (except in an empty row)
   c.data.shards = 0  # logical input shards (0: the process count); fixes the row stream
 
   c.train = ml_collections.ConfigDict()
@@ -136,6 +143,45 @@ def _check_param_groups(train) -> None:
              key, f'the factor must be a finite number >= 0, got {rule[1]!r}')
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_moe(config) -> None:
+  moe = config.model.moe
+  _require(_is_int(moe.num_experts) and moe.num_experts >= 0, 'model.moe.num_experts',
+           f'must be an integer >= 0 (0: dense decoder), got {moe.num_experts!r}')
+  if not moe.num_experts:
+    return
+  from mm1_jax.models.moe import DISPATCH_MODES  # late: keeps this module free of jax
+  _require(_is_int(moe.top_k) and 1 <= moe.top_k <= moe.num_experts, 'model.moe.top_k',
+           f'must be an integer in [1, model.moe.num_experts={moe.num_experts}], '
+           f'got {moe.top_k!r}')
+  _require(_is_int(moe.every) and moe.every >= 1, 'model.moe.every',
+           f'must be a positive integer, got {moe.every!r}')
+  layers = config.model.decoder.num_layers
+  _require(layers % moe.every == 0, 'model.moe.every',
+           f'{moe.every} does not divide model.decoder.num_layers={layers} (the last layer '
+           'of each group of `every` layers is MoE)')
+  _require(moe.dispatch in DISPATCH_MODES, 'model.moe.dispatch',
+           f'unknown dispatch {moe.dispatch!r} {DISPATCH_MODES}')
+  _require(isinstance(moe.capacity_factor, (int, float)) and moe.capacity_factor > 0,
+           'model.moe.capacity_factor', f'must be a number > 0, got {moe.capacity_factor!r}')
+  for key in ('load_balance_weight', 'z_loss_weight'):
+    value = moe[key]
+    _require(isinstance(value, (int, float)) and value >= 0 and math.isfinite(value),
+             f'model.moe.{key}', f'must be a finite number >= 0, got {value!r}')
+  for key in ('group_size', 'd_ff'):
+    value = moe.get(key, 0)
+    _require(_is_int(value) and value >= 0, f'model.moe.{key}',
+             f'must be an integer >= 0 (0: default), got {value!r}')
+  _require(isinstance(moe.get('renormalize', True), bool), 'model.moe.renormalize',
+           f"must be a bool, got {moe.get('renormalize')!r}")
+  expert = config.mesh.expert
+  _require(not _is_int(expert) or expert < 1 or moe.num_experts % expert == 0, 'mesh.expert',
+           f'{expert} shards do not divide model.moe.num_experts={moe.num_experts}')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first key whose value cannot work."""
   for key in ('model.vit.image_size', 'model.vit.patch_size', 'model.vit.width',
@@ -181,8 +227,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'the head dimension must be even for rotary embeddings')
   _require(dec.attention in ('xla', 'cudnn', 'splash'), 'model.decoder.attention',
            f'unknown attention {dec.attention!r} (xla, cudnn, splash)')
-  _require(config.model.moe.num_experts == 0, 'model.moe.num_experts',
-           'Mixture-of-Experts decoders are not available yet; set 0 (dense)')
+  _check_moe(config)
 
   data = config.data
   _require(data.backend in ('grain', 'seqio'), 'data.backend',
@@ -191,6 +236,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"must be 'crop' or 'pad', got {data.get('resize')!r}")
   _require(data.get('long_documents', 'split') in ('split', 'truncate'), 'data.long_documents',
            f"must be 'split' or 'truncate', got {data.get('long_documents')!r}")
+  _require(data.get('packing', 'fill') in ('fill', 'whole'), 'data.packing',
+           f"must be 'fill' or 'whole', got {data.get('packing')!r}")
+  min_piece = data.get('min_piece_tokens', 8)
+  _require(isinstance(min_piece, int) and 1 <= min_piece <= data.seq_len,
+           'data.min_piece_tokens', f'must be an integer in [1, seq_len], got {min_piece!r}')
   shards = data.get('shards', 0)
   _require(isinstance(shards, int) and shards >= 0, 'data.shards',
            f'must be an integer >= 0 (0: one per process), got {shards!r}')

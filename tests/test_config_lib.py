@@ -28,6 +28,8 @@ def test_unknown_variant_is_named():
     ('train.grad_accum', 3, 'config.train.grad_accum'),
     ('train.dtype', 'float16', 'config.train.dtype'),
     ('data.seq_len', 0, 'config.data.seq_len'),
+    ('data.packing', 'tight', 'config.data.packing'),
+    ('data.min_piece_tokens', 0, 'config.data.min_piece_tokens'),
     ('mesh.fsdp', 0, 'config.mesh.fsdp'),
 ])
 def test_bad_value_names_its_key(key, value, named):
@@ -61,3 +63,33 @@ def test_unknown_key_is_rejected_by_the_locked_config():
   config.lock()
   with pytest.raises(AttributeError, match='learning_rate'):
     config.train.learning_rate = 0.1
+
+
+def test_moe_configs_are_valid():
+  from experiments import tiny_moe
+  config_lib.validate(tiny_moe.get_config())
+  config_lib.validate(tiny_moe.get_config('smoke'))
+
+
+@pytest.mark.parametrize('key, value, named', [
+    ('model.moe.top_k', 9, 'config.model.moe.top_k'),  # 8 experts
+    ('model.moe.top_k', 0, 'config.model.moe.top_k'),
+    ('model.moe.every', 0, 'config.model.moe.every'),
+    ('model.moe.every', 3, 'config.model.moe.every'),  # 4 layers
+    ('model.moe.dispatch', 'sinkhorn', 'config.model.moe.dispatch'),
+    ('model.moe.capacity_factor', 0.0, 'config.model.moe.capacity_factor'),
+    ('model.moe.num_experts', -2, 'config.model.moe.num_experts'),
+    ('model.moe.load_balance_weight', -0.1, 'config.model.moe.load_balance_weight'),
+    ('model.moe.d_ff', -1, 'config.model.moe.d_ff'),
+    ('mesh.expert', 3, 'config.mesh.expert'),  # does not divide 8 experts
+])
+def test_bad_moe_value_names_its_key(key, value, named):
+  from experiments import tiny_moe
+  config = tiny_moe.get_config()
+  section, _, leaf = key.rpartition('.')
+  target = config
+  for part in section.split('.'):
+    target = target[part]
+  target[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=named.replace('.', r'\.')):
+    config_lib.validate(config)

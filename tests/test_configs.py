@@ -1,5 +1,6 @@
 """Every shipped MM1 config parses, validates and has the published decoder size (within
-3%), checked on abstract shapes only (jax.eval_shape: nothing is allocated)."""
+3%; the MoE configs: the published total within 5%), checked on abstract shapes only
+(jax.eval_shape: nothing is allocated)."""
 
 import importlib
 import math
@@ -45,6 +46,41 @@ def test_config_size_and_recipe(name):
   # 6 FLOPs per decoder parameter per token is the floor of the estimate.
   assert flops > 6 * (decoder - config.model.decoder.vocab_size * config.model.decoder.d_model
                       ) * config.data.seq_len
+
+
+# MM1's MoE models: published total parameters, (experts, every), the dense base config.
+MOE_TARGETS = {'mm1_3b_moe': (64e9, 64, 2, 'mm1_3b'), 'mm1_7b_moe': (47e9, 32, 4, 'mm1_7b')}
+
+
+@pytest.mark.parametrize('name', sorted(MOE_TARGETS))
+def test_moe_config_size_and_recipe(name):
+  target, experts, every, dense_name = MOE_TARGETS[name]
+  module = importlib.import_module(f'experiments.{name}')
+  config = module.get_config()
+  config_lib.validate(config)
+  counts = _counts(config)
+  total = sum(counts.values())
+  flops = model_flops_per_sequence(config)
+  print(f'{name}: ' + ', '.join(f'{k} {v / 1e9:.3f}B' for k, v in counts.items()) +
+        f', total {total / 1e9:.3f}B, training FLOPs per sequence {flops:.3e}')
+  assert abs(total / target - 1) <= 0.05
+  assert total == param_count(config)
+  moe = config.model.moe
+  assert (moe.num_experts, moe.every, moe.top_k) == (experts, every, 2)
+  assert (moe.load_balance_weight, moe.z_loss_weight) == (0.01, 0.001)
+  assert config.mesh.expert > 1 and experts % config.mesh.expert == 0
+  # The dense model it extends: same decoder shape, and (top-2 of wider-than-half experts
+  # in 1/every of the layers) more FLOPs, far fewer than all experts would cost.
+  dense = importlib.import_module(f'experiments.{dense_name}').get_config()
+  assert dense.model.decoder == config.model.decoder
+  dense_flops = model_flops_per_sequence(dense)
+  assert dense_flops < flops < dense_flops * (1 + experts / every)
+  upcycle = module.get_config('upcycle')
+  assert upcycle.model.moe.d_ff == 0  # experts as wide as the dense FFN
+  config_lib.validate(upcycle)
+  config_lib.validate(module.get_config('local'))
+  with pytest.raises(ValueError, match='nope'):
+    module.get_config('nope')
 
 
 @pytest.mark.parametrize('name', sorted(TARGETS))

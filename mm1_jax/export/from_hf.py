@@ -45,7 +45,8 @@ def _fresh(config, part: str, seed: int):
   model = config.model
   build = {'vit': lambda: ViT(model.vit, rngs=nnx.Rngs(seed)),
            'connector': lambda: make_connector(model, rngs=nnx.Rngs(seed)),
-           'decoder': lambda: Decoder(model.decoder, rngs=nnx.Rngs(seed))}[part]
+           'decoder': lambda: Decoder(model.decoder, rngs=nnx.Rngs(seed), moe_config=(
+               model.moe if model.moe.num_experts else None))}[part]
   params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build(), nnx.Param)))()
   return jax.tree.map(np.asarray, params)
 
@@ -75,17 +76,27 @@ def import_params(config, vision_dir: str | None, llm_dir: str | None) -> dict:
 
 def write_workdir(config, params: dict, workdir: str) -> str:
   """Writes WORKDIR as a training run at step 0 holding `params`."""
-  from mm1_jax.parallel import mesh as mesh_lib
-  from mm1_jax.train import checkpoint as checkpoint_lib
   from mm1_jax.train import trainer
-  from mm1_jax.train import optimizer as optimizer_lib
-  from mm1_jax.train import state as state_lib
   from data_pipelines import grain_pipeline
 
   checkpoints = os.path.join(os.path.abspath(os.path.expanduser(workdir)), 'checkpoints')
   if os.path.isdir(checkpoints) and os.listdir(checkpoints):
     raise FileExistsError(f'{checkpoints} is not empty; importing would mix two runs')
   workdir, _ = trainer.prepare_workdir(config, workdir)
+  iterator = grain_pipeline.make_iterator(config, process_index=jax.process_index(),
+                                          process_count=jax.process_count())
+  save_checkpoint(config, params, checkpoints, step=0, iterator=iterator)
+  return workdir
+
+
+def save_checkpoint(config, params: dict, checkpoints: str, *, step: int,
+                    iterator=None) -> None:
+  """Saves checkpoint `step` of a run: `params`, a fresh optimizer state, the config and
+  (when given) the data iterator's state, laid out over config.mesh."""
+  from mm1_jax.parallel import mesh as mesh_lib
+  from mm1_jax.train import checkpoint as checkpoint_lib
+  from mm1_jax.train import optimizer as optimizer_lib
+  from mm1_jax.train import state as state_lib
 
   mesh = mesh_lib.make_mesh(config.mesh)
   settings = optimizer_lib.resolve_settings(config, state_lib.count_params(config))
@@ -93,18 +104,15 @@ def write_workdir(config, params: dict, workdir: str) -> str:
   layout = state_lib.make_layout(config, mesh, tx)
   params = jax.device_put(params, layout.shardings['params'])
   opt_state = jax.jit(tx.init, out_shardings=layout.shardings['opt_state'])(params)
-  state = {'step': jax.device_put(jnp.zeros((), jnp.int32), layout.shardings['step']),
+  state = {'step': jax.device_put(jnp.asarray(step, jnp.int32), layout.shardings['step']),
            'params': params, 'opt_state': opt_state}
-  iterator = grain_pipeline.make_iterator(config, process_index=jax.process_index(),
-                                          process_count=jax.process_count())
   checkpointer = checkpoint_lib.Checkpointer(checkpoints, keep=config.checkpoint.keep,
                                              use_async=False)
   try:
-    checkpointer.save(0, state, iterator)
+    checkpointer.save(step, state, iterator, config=config)
     checkpointer.wait()
   finally:
     checkpointer.close()
-  return workdir
 
 
 def main(argv) -> None:

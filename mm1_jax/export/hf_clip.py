@@ -7,16 +7,23 @@ matching `ViT.patchify`. Position embeddings trained at another grid are resized
 config's (`interpolate_position_embedding`). Blocks beyond `feature_layer` are dropped (and
 stacked into rows with `scan_layers`);
 CLIP's `post_layernorm` becomes the final norm when `final_norm` is on.
+
+`tensor_map` is the one table of the correspondence, used both ways: `convert` imports and
+mm1_jax/export/to_pytorch.py exports our ViT as a CLIPVisionModel directory (with
+`export_config`; without a final norm, post_layernorm is written as the identity, which
+only CLIP's pooled output uses).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mm1_jax.export.hf_io import Assigner, HFImportError
+from mm1_jax.export.hf_io import Assigner, HFImportError, TensorMap
 from mm1_jax.models.vit import interpolate_position_embedding, num_blocks
 
 PATCH_KEY = 'embeddings.patch_embedding.weight'
+# Our activation name -> CLIP's hidden_act.
+HF_ACTIVATIONS = {'quick_gelu': 'quick_gelu', 'gelu_exact': 'gelu', 'gelu': 'gelu_pytorch_tanh'}
 
 
 def vision_prefix(tensors: dict) -> str:
@@ -41,7 +48,7 @@ def check_config(vit_config, hf_config: dict, assigner: Assigner) -> None:
                                 ('norm_eps', 'layer_norm_eps', 1e-5)]:
     assigner.check_config(f'model.vit.{ours}', vit_config[ours], hf.get(theirs, default), theirs)
   act = hf.get('hidden_act', 'quick_gelu')
-  expected = {'quick_gelu': 'quick_gelu', 'gelu': 'gelu_exact', 'gelu_pytorch_tanh': 'gelu'}
+  expected = {theirs: ours for ours, theirs in HF_ACTIVATIONS.items()}
   assigner.check_config('model.vit.activation', vit_config.activation, expected.get(act, act),
                         'hidden_act')
   if not vit_config.use_class_token:
@@ -49,45 +56,78 @@ def check_config(vit_config, hf_config: dict, assigner: Assigner) -> None:
                        'set it True (and drop_class_token=True to remove it from the output)')
 
 
-def convert(vit_config, hf_config: dict, tensors: dict, target: dict) -> dict:
-  """Fills `target` (the pure dict of our ViT's parameters) from CLIP tensors."""
-  a = Assigner(target, tensors, where='vit')
-  check_config(vit_config, hf_config, a)
-  pre = vision_prefix(tensors)
+def tensor_map(vit_config, pre: str = '') -> list[TensorMap]:
+  """Every CLIP vision tensor (names under `pre`) and our ViT parameter (row) it
+  corresponds to, both ways. Importing resizes the position embeddings to the config's
+  grid; exporting writes them at it."""
   width, heads = vit_config.width, vit_config.num_heads
   head_dim = width // heads
   p = vit_config.patch_size
-
-  a.set(('patch_embedding', 'kernel'), pre + PATCH_KEY,
-        lambda w: w.transpose(2, 3, 1, 0).reshape(p * p * 3, width))
-  a.set(('class_token',), pre + 'embeddings.class_embedding')
   grid = vit_config.image_size // p
-  a.set(('position_embedding',), pre + 'embeddings.position_embedding.weight',
-        lambda t: np.asarray(interpolate_position_embedding(t, grid, True)))
-  a.set(('pre_norm', 'scale'), pre + 'pre_layrnorm.weight')
-  a.set(('pre_norm', 'bias'), pre + 'pre_layrnorm.bias')
+  maps = [
+      TensorMap(pre + PATCH_KEY, ('patch_embedding', 'kernel'), None,
+                lambda w: w.transpose(2, 3, 1, 0).reshape(p * p * 3, width),
+                lambda k: k.reshape(p, p, 3, width).transpose(3, 2, 0, 1)),
+      TensorMap(pre + 'embeddings.class_embedding', ('class_token',)),
+      TensorMap(pre + 'embeddings.position_embedding.weight', ('position_embedding',), None,
+                lambda t: np.asarray(interpolate_position_embedding(t, grid, True))),
+      TensorMap(pre + 'pre_layrnorm.weight', ('pre_norm', 'scale')),
+      TensorMap(pre + 'pre_layrnorm.bias', ('pre_norm', 'bias'))]
   if vit_config.get('final_norm', True):
-    a.set(('final_norm', 'scale'), pre + 'post_layernorm.weight')
-    a.set(('final_norm', 'bias'), pre + 'post_layernorm.bias')
+    maps += [TensorMap(pre + 'post_layernorm.weight', ('final_norm', 'scale')),
+             TensorMap(pre + 'post_layernorm.bias', ('final_norm', 'bias'))]
 
   split = lambda w: w.T.reshape(width, heads, head_dim)
+  merge = lambda w: w.reshape(width, width).T
   scan = bool(vit_config.get('scan_layers', False))
   for i in range(num_blocks(vit_config.depth, vit_config.feature_layer)):
     hf = f'{pre}encoder.layers.{i}.'
     ours, index = (('blocks',), i) if scan else (('blocks', i), None)
-    set_ = lambda path, name, fn=None: a.set(path, name, fn, stacked_index=index)
+    add = lambda path, name, *fns: maps.append(TensorMap(hf + name, ours + path, index, *fns))
     for name, proj in [('query', 'q_proj'), ('key', 'k_proj'), ('value', 'v_proj')]:
-      set_(ours + ('attention', name), hf + f'self_attn.{proj}.weight', split)
-      set_(ours + ('attention', f'{name}_bias'), hf + f'self_attn.{proj}.bias',
-           lambda b: b.reshape(heads, head_dim))
-    set_(ours + ('attention', 'out'), hf + 'self_attn.out_proj.weight',
-         lambda w: w.T.reshape(heads, head_dim, width))
-    set_(ours + ('attention', 'out_bias'), hf + 'self_attn.out_proj.bias')
+      add(('attention', name), f'self_attn.{proj}.weight', split, merge)
+      add(('attention', f'{name}_bias'), f'self_attn.{proj}.bias',
+          lambda b: b.reshape(heads, head_dim), lambda b: b.reshape(width))
+    add(('attention', 'out'), 'self_attn.out_proj.weight',
+        lambda w: w.T.reshape(heads, head_dim, width), merge)
+    add(('attention', 'out_bias'), 'self_attn.out_proj.bias')
     for norm, hf_norm in [('attention_norm', 'layer_norm1'), ('mlp_norm', 'layer_norm2')]:
-      set_(ours + (norm, 'scale'), hf + f'{hf_norm}.weight')
-      set_(ours + (norm, 'bias'), hf + f'{hf_norm}.bias')
-    set_(ours + ('mlp', 'up', 'kernel'), hf + 'mlp.fc1.weight', np.transpose)
-    set_(ours + ('mlp', 'up', 'bias'), hf + 'mlp.fc1.bias')
-    set_(ours + ('mlp', 'down', 'kernel'), hf + 'mlp.fc2.weight', np.transpose)
-    set_(ours + ('mlp', 'down', 'bias'), hf + 'mlp.fc2.bias')
+      add((norm, 'scale'), f'{hf_norm}.weight')
+      add((norm, 'bias'), f'{hf_norm}.bias')
+    add(('mlp', 'up', 'kernel'), 'mlp.fc1.weight', np.transpose, np.transpose)
+    add(('mlp', 'up', 'bias'), 'mlp.fc1.bias')
+    add(('mlp', 'down', 'kernel'), 'mlp.fc2.weight', np.transpose, np.transpose)
+    add(('mlp', 'down', 'bias'), 'mlp.fc2.bias')
+  return maps
+
+
+def convert(vit_config, hf_config: dict, tensors: dict, target: dict) -> dict:
+  """Fills `target` (the pure dict of our ViT's parameters) from CLIP tensors."""
+  a = Assigner(target, tensors, where='vit')
+  check_config(vit_config, hf_config, a)
+  for m in tensor_map(vit_config, vision_prefix(tensors)):
+    a.set(m.ours, m.hf, m.to_ours, stacked_index=m.index)
   return target
+
+
+def export_problem(vit_config) -> str | None:
+  """Why our ViT is not exactly a CLIPVisionModel (None when it is)."""
+  if not vit_config.use_class_token:
+    return 'model.vit.use_class_token=False (CLIP always has a class token)'
+  if vit_config.activation not in HF_ACTIVATIONS:
+    return f'model.vit.activation={vit_config.activation!r} has no CLIP equivalent'
+  return None
+
+
+def export_config(vit_config, dtype: str = 'float32') -> dict:
+  """The CLIPVisionModel config.json of our ViT: the blocks that run (up to feature_layer),
+  so that CLIP's last hidden state is our feature layer before our final norm."""
+  return {
+      'architectures': ['CLIPVisionModel'], 'model_type': 'clip_vision_model',
+      'hidden_size': vit_config.width, 'intermediate_size': vit_config.mlp_dim,
+      'num_hidden_layers': num_blocks(vit_config.depth, vit_config.feature_layer),
+      'num_attention_heads': vit_config.num_heads, 'num_channels': 3,
+      'image_size': vit_config.image_size, 'patch_size': vit_config.patch_size,
+      'hidden_act': HF_ACTIVATIONS[vit_config.activation],
+      'layer_norm_eps': vit_config.norm_eps, 'projection_dim': vit_config.width,
+      'torch_dtype': dtype, 'dtype': dtype}

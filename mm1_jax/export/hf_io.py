@@ -12,6 +12,7 @@ import glob
 import json
 import os
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -83,3 +84,14 @@ class Assigner:
     if ours != theirs:
       raise HFImportError(f'config.{key}={ours!r} does not match the checkpoint '
                          f'({hf_key}={theirs!r})')
+
+
+class TensorMap(NamedTuple):
+  """One Hugging Face tensor and our parameter it corresponds to, with the exact (pure
+  reshape / transpose) conversions both ways. `index` is the row of a stacked (scanned)
+  parameter; None: the whole parameter. A missing conversion is the identity."""
+  hf: str
+  ours: tuple
+  index: int | None = None
+  to_ours: Callable[[np.ndarray], np.ndarray] | None = None
+  to_hf: Callable[[np.ndarray], np.ndarray] | None = None

@@ -13,12 +13,36 @@ from mm1_jax.models.connectors import connector_class
 from mm1_jax.models.vit import num_blocks, outputs_class_token
 
 
-def decoder_forward_flops(decoder_config, length: int) -> float:
+def moe_layer_counts(decoder_config, moe_config) -> tuple[int, int]:
+  """(MoE layers, per-token active feed-forward weights of one MoE layer: top_k expert
+  SwiGLUs and the router); (0, 0) for a dense decoder."""
+  if moe_config is None or not moe_config.num_experts:
+    return 0, 0
+  c, m = decoder_config, moe_config
+  width = int(m.get('d_ff', 0) or c.d_ff)
+  return c.num_layers // m.every, m.top_k * 3 * c.d_model * width + c.d_model * m.num_experts
+
+
+def inactive_expert_params(model_config) -> int:
+  """Expert weights a token does not use: (num_experts - top_k) SwiGLUs per MoE layer."""
+  c, m = model_config.decoder, model_config.moe
+  if not m.num_experts:
+    return 0
+  width = int(m.get('d_ff', 0) or c.d_ff)
+  return (c.num_layers // m.every) * (m.num_experts - m.top_k) * 3 * c.d_model * width
+
+
+def decoder_forward_flops(decoder_config, length: int, moe_config=None) -> float:
+  """Forward FLOPs of `length` tokens; an MoE layer counts its top_k experts and router in
+  place of the dense SwiGLU (the dispatch einsums are left out, as norms are)."""
   c = decoder_config
   head_dim = c.d_model // c.num_heads
-  per_layer = (2 * c.d_model * c.num_heads * head_dim + 2 * c.d_model * c.num_kv_heads * head_dim
-               + 3 * c.d_model * c.d_ff)
-  matmul = c.num_layers * per_layer + c.vocab_size * c.d_model
+  attention_weights = (2 * c.d_model * c.num_heads * head_dim
+                       + 2 * c.d_model * c.num_kv_heads * head_dim)
+  moe_layers, moe_ffn = moe_layer_counts(c, moe_config)
+  per_layer = attention_weights + 3 * c.d_model * c.d_ff
+  matmul = (c.num_layers * per_layer + moe_layers * (moe_ffn - 3 * c.d_model * c.d_ff)
+            + c.vocab_size * c.d_model)
   attention = 4 * c.num_layers * length * c.num_heads * head_dim
   return float(length * (2 * matmul + attention))
 
@@ -44,10 +68,11 @@ def model_flops_per_sequence(config, num_images: float | None = None) -> float:
   (default data.max_images, the most a sequence holds)."""
   images = config.data.max_images if num_images is None else num_images
   model = config.model
-  forward = decoder_forward_flops(model.decoder, config.data.seq_len)
+  forward = decoder_forward_flops(model.decoder, config.data.seq_len, model.moe)
   forward += images * (vit_forward_flops(model.vit) + connector_forward_flops(model))
   return 3.0 * forward
 
 
-__all__ = ['model_flops_per_sequence', 'decoder_forward_flops', 'vit_forward_flops',
+__all__ = ['model_flops_per_sequence', 'decoder_forward_flops', 'inactive_expert_params',
+           'moe_layer_counts', 'vit_forward_flops',
            'connector_forward_flops', 'outputs_class_token']

@@ -37,13 +37,12 @@ class MM1(nnx.Module):
 
   def __init__(self, config, *, rngs: nnx.Rngs, dtype=jnp.float32):
     model = config.model
-    if model.moe.num_experts:
-      raise NotImplementedError('model.moe.num_experts > 0: MoE decoders are not available yet')
     self.image_token_id = int(model.image_token_id)
     self.num_image_tokens = int(model.connector.num_tokens)
     self.vit = ViT(model.vit, rngs=rngs, dtype=dtype)
     self.connector = make_connector(model, rngs=rngs, dtype=dtype)
-    self.decoder = Decoder(model.decoder, rngs=rngs, dtype=dtype)
+    self.decoder = Decoder(model.decoder, rngs=rngs, dtype=dtype,
+                           moe_config=model.moe if model.moe.num_experts else None)
     d = model.decoder
     self.cache_shape = (d.num_layers, d.num_kv_heads, d.d_model // d.num_heads)
     self.dtype = dtype
@@ -84,9 +83,16 @@ class MM1(nnx.Module):
     return x
 
   def __call__(self, batch) -> tuple[jax.Array, dict]:
-    """batch (the DESIGN.md contract) -> (float32 logits [b, l, v], aux scalars)."""
-    logits = self.decoder(self.embed(batch), batch['segment_ids'], batch['positions'])
-    return logits, {}
+    """batch (the DESIGN.md contract) -> (float32 logits [b, l, v], aux scalars).
+
+    aux is {} for a dense decoder; with MoE layers it holds float32 scalars named
+    'moe/<name>' for the names of models/moe.py: the weighted losses summed over the MoE
+    layers (the '_loss' keys, which the train step adds to the loss), the dropped fraction
+    and expert load max/min averaged over them.
+    """
+    logits, aux = self.decoder.forward(self.embed(batch), batch['segment_ids'],
+                                       batch['positions'])
+    return logits, {f'moe/{k}': v for k, v in aux.items()}
 
   def init_cache(self, batch_size: int, max_length: int) -> dict:
     """An empty KV cache for `batch_size` rows of up to `max_length` positions."""

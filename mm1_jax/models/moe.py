@@ -22,8 +22,9 @@ Dispatch (`model.moe.dispatch`):
 
 Expert parallelism: when the active mesh has more than one device on the mesh axis that
 the logical axis 'exp' maps to, the layer runs inside a jax.shard_map that is manual over
-that axis only (the other mesh axes stay automatic). Each expert shard takes a 1/G slice of
-every row's tokens, routes it, sends each token to the shard holding its expert with
+that axis only (the other mesh axes stay automatic). Each expert shard takes its own rows
+when the sharding rules split the batch over that axis too (rows divisible; then capacity
+groups are exactly those of one device), else a 1/G slice of every row's tokens, routes it, sends each token to the shard holding its expert with
 all_to_all, runs its E/G local experts, and sends the results back. Dropless exchange uses
 buffers sized for the worst case (every assignment to one shard), since XLA:CPU has no
 ragged_all_to_all; the routing statistics are averaged over the shards so the auxiliary
@@ -51,7 +52,7 @@ DISPATCH_MODES = ('capacity', 'dropless')
 # Per-expert [e, in, out] kernels: fan-in is `in` alone, not e * in.
 _EXPERT_INIT = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal',
                                                  in_axis=-2, out_axis=-1, batch_axis=(0,))
-_ROUTER_INIT = nnx.initializers.variance_scaling(0.1, 'fan_in', 'truncated_normal')
+ROUTER_INIT = nnx.initializers.variance_scaling(0.1, 'fan_in', 'truncated_normal')
 
 
 @jax.tree_util.register_dataclass
@@ -304,16 +305,17 @@ class MoE(nnx.Module):
     e = int(c.num_experts)
     # The router is small and every shard routes its own tokens: replicated. A small init
     # (logits ~0.3 std on unit-RMS inputs) keeps the first gate probabilities near uniform.
-    self.router = layers.param(rngs, _ROUTER_INIT, (d_model, e), ('embed', None))
+    self.router = layers.param(rngs, ROUTER_INIT, (d_model, e), ('embed', None))
     self.gate = layers.param(rngs, _EXPERT_INIT, (e, d_model, d_ff), ('exp', 'embed', 'mlp'))
     self.up = layers.param(rngs, _EXPERT_INIT, (e, d_model, d_ff), ('exp', 'embed', 'mlp'))
     self.down = layers.param(rngs, _EXPERT_INIT, (e, d_ff, d_model), ('exp', 'mlp', 'embed'))
     self.num_experts = e
-    self.options = dict(top_k=int(c.top_k), renormalize=bool(c.get('renormalize', True)),
-                        dispatch=str(c.dispatch), capacity_factor=float(c.capacity_factor),
-                        load_balance_weight=float(c.load_balance_weight),
-                        z_loss_weight=float(c.z_loss_weight),
-                        group_size=int(c.get('group_size', 0)))
+    # A tuple, not a dict: the graph definition (static under jit) must be hashable.
+    self.options = tuple(dict(
+        top_k=int(c.top_k), renormalize=bool(c.get('renormalize', True)),
+        dispatch=str(c.dispatch), capacity_factor=float(c.capacity_factor),
+        load_balance_weight=float(c.load_balance_weight), z_loss_weight=float(c.z_loss_weight),
+        group_size=int(c.get('group_size', 0))).items())
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -321,7 +323,7 @@ class MoE(nnx.Module):
     kernels = (self.gate[...], self.up[...], self.down[...])
     axis, shards = expert_mesh_axis()
     if shards == 1:
-      return moe_forward(x, self.router[...], kernels, **self.options)
+      return moe_forward(x, self.router[...], kernels, **dict(self.options))
     return self._expert_parallel(x, kernels, axis, shards)
 
   def _expert_parallel(self, x, kernels, axis, shards):
@@ -329,24 +331,42 @@ class MoE(nnx.Module):
     if self.num_experts % shards:
       raise ValueError(f'model.moe.num_experts={self.num_experts} is not divisible by the '
                        f'{shards} shards of mesh axis {axis!r}')
-    # Row b's tokens split into G slices; slice g is handled by expert shard g. A length
-    # that G does not divide (one decoded token) is padded; the padding is routed too, so
-    # only then the auxiliary values see a few extra tokens.
+    mesh = jax.sharding.get_abstract_mesh()
+    rows = rules.logical_to_spec(('batch',), (batch,), mesh)[0]
+    rows = (rows,) if isinstance(rows, str) else tuple(rows or ())
+    if rows and rows[-1] == axis:
+      # The rules already split the rows over `axis` (innermost): each expert shard routes
+      # its own rows, whole, so capacity groups are those of one device and no activation
+      # moves before the exchange. [b, ...] -> [outer shards R, G, rows per device n, ...].
+      outer = rows[:-1]
+      r = math.prod(mesh.shape[a] for a in outer)
+      grouped = x.reshape(r, shards, batch // (r * shards), length, dim)
+      grouped = jax.lax.with_sharding_constraint(grouped, P(outer or None, axis))
+      y, aux = self._shard_map(grouped, kernels, axis,
+                               lambda x: x.reshape((-1,) + x.shape[3:]))
+      return y.reshape(batch, length, dim), aux
+    # Otherwise row b's tokens are split into G slices; slice g is handled by expert shard
+    # g. A length that G does not divide (one decoded token) is padded; the padding is
+    # routed too, so only then the auxiliary values see a few extra tokens.
     padded = -(-length // shards) * shards
     if padded != length:
       x = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0)))
     grouped = x.reshape(batch, shards, padded // shards, dim)
-    # Rows keep the batch's mesh axes, except `axis` (should the rules also split the batch
-    # over it): shard_map wants its input laid out as in_specs say.
-    rows = rules.logical_to_spec(('batch',), (batch,), jax.sharding.get_abstract_mesh())[0]
-    rows = tuple(a for a in ((rows,) if isinstance(rows, str) else rows or ()) if a != axis)
+    # Rows keep the batch's mesh axes, except `axis`: shard_map wants its input laid out
+    # as in_specs say.
+    rows = tuple(a for a in rows if a != axis)
     grouped = jax.lax.with_sharding_constraint(grouped, P(rows or None, axis))
+    y, aux = self._shard_map(grouped, kernels, axis, lambda x: x[:, 0])
+    return y.reshape(batch, padded, dim)[:, :length], aux
+
+  def _shard_map(self, grouped, kernels, axis, to_rows):
+    """The layer on `grouped` [., G, ...] split over `axis` on dim 1; `to_rows` turns a
+    shard's block [., 1, ...] into the token rows [b', s, d] it routes."""
 
     def local(x, router, *kernels):
-      y, aux = moe_forward(x[:, 0], router, kernels, axis=axis, **self.options)
-      return y[:, None], aux
+      y, aux = moe_forward(to_rows(x), router, kernels, axis=axis, **dict(self.options))
+      return y.reshape(x.shape), aux
 
     run = jax.shard_map(local, in_specs=(P(None, axis), P()) + (P(axis),) * 3,
                         out_specs=(P(None, axis), P()), axis_names={axis})
-    y, aux = run(grouped, self.router[...], *kernels)
-    return y.reshape(batch, padded, dim)[:, :length], aux
+    return run(grouped, self.router[...], *kernels)

@@ -23,8 +23,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 MeshAxes = str | tuple[str, ...] | None
 
 RULES: dict[str, MeshAxes] = {
-    # activations and data
-    'batch': ('data', 'fsdp'),
+    # activations and data ('expert' too: dense layers are not repeated on expert shards;
+    # it must stay last, the MoE layer reads each expert shard's rows as its own block)
+    'batch': ('data', 'fsdp', 'expert'),
     'length': None,
     'activation_embed': None,
     # parameters (and the activations that share their feature axis)

@@ -7,6 +7,10 @@ batches an uninterrupted one would; `config` is the resolved config the step was
 with. Orbax writes each step into a temporary directory and renames it when complete, so a
 save killed half-way is never taken for a checkpoint (`latest_step` skips it).
 
+Arrays are stored in chunks of at most CHUNK_BYTES (TensorStore chunks inside each device's
+shard), so a reader that wants one tensor, or one layer of a scanned stack, holds one chunk
+at a time (the PyTorch export streams this way) whatever the model size or saving mesh.
+
 The state is restored into whatever layout the caller's abstract state carries: a
 checkpoint written under one mesh restores under another (Orbax reshards on read).
 """
@@ -17,7 +21,10 @@ import json
 import os
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+
+CHUNK_BYTES = 64 * 2**20
 
 
 class Checkpointer:
@@ -38,7 +45,8 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator=None, config=None) -> None:
     """Starts writing `step` (returns once the arrays are copied off the devices)."""
-    items = {'state': ocp.args.StandardSave(state)}
+    chunked = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), state)
+    items = {'state': ocp.args.StandardSave(state, save_args=chunked)}
     if data_iterator is not None:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     if config is not None:

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mm1_jax.models.flops import inactive_expert_params
+
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 KNOWN_PEAKS = {
     'NVIDIA H200': 989e12,
@@ -46,6 +48,8 @@ def train_flops_per_step(config, params, *, num_images: float) -> float:
   embed = dec_cfg.vocab_size * dec_cfg.d_model
   # The input embedding is a gather, not a matmul; a tied table is still used by the head.
   decoder_matmul = decoder_params - (0 if dec_cfg.tie_embeddings else embed)
+  # A token runs top_k of an MoE layer's experts (models/flops.py).
+  decoder_matmul -= inactive_expert_params(config.model)
   tokens = config.train.batch_size * data.seq_len
   patches = (vit_cfg.image_size // vit_cfg.patch_size) ** 2
   forward = 2 * decoder_matmul * tokens

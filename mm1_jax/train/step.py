@@ -8,6 +8,11 @@ With `train.grad_accum = A` the batch is split into A micro-batches scanned in s
 each micro-batch's loss sum is divided by the token count of the whole batch, so the
 accumulated gradient equals the large-batch gradient.
 
+The model's auxiliary scalars (MoE: 'moe/load_balance_loss', 'moe/router_z_loss',
+'moe/dropped_fraction', 'moe/expert_load_max', 'moe/expert_load_min') come back as
+metrics['aux'], averaged over micro-batches; the '_loss' ones are added to the training
+loss. `loss` and the per-source losses are the language-model loss alone.
+
 Non-finite loss or gradients never reach the parameters: the update is computed and then
 discarded with a select, and `nonfinite` is reported so the trainer can stop or count.
 
@@ -38,17 +43,18 @@ def micro_loss(params, batch, normaliser, *, graphdef, num_sources: int, num_mic
   row_losses = (token_losses(logits, batch['targets']) * mask).sum(axis=1)
   row_source = jax.nn.one_hot(batch['source_id'], num_sources, dtype=jnp.float32)
   total = row_losses.sum() / normaliser
-  # Auxiliary losses (MoE balance, z-loss) are averages already: weigh micro-batches equally.
-  aux_losses = {k: v for k, v in aux.items() if k.endswith('_loss')}
-  for value in aux_losses.values():
-    total = total + value / num_micro
+  # Auxiliary losses (MoE balance, z-loss; weighted by the model) are averages already:
+  # micro-batches weigh equally. They train the model but stay out of the logged LM loss.
+  for key, value in aux.items():
+    if key.endswith('_loss'):
+      total = total + value / num_micro
   sums = {
       'loss_sum': row_losses.sum(),
       'source_loss_sum': jnp.einsum('bs,b->s', row_source, row_losses),
       'source_tokens': jnp.einsum('bs,b->s', row_source, mask.sum(axis=1)),
       'source_rows': row_source.sum(axis=0),
+      'aux': {k: v / num_micro for k, v in aux.items()},
   }
-  sums.update({f'aux/{k}': v / num_micro for k, v in aux.items()})
   return total, sums
 
 

@@ -227,9 +227,8 @@ def _window_metrics(window: list[dict], source_names: list[str], seconds: float,
       out[f'loss/{name}'] = float(loss_sum[i] / source_tokens[i])
     out[f'data/{name}_fraction'] = float(rows[i] / max(rows.sum(), 1))
   out['grad_norm'] = float(host[-1]['grad_norm'])
-  for key in host[-1]:
-    if key.startswith('aux/'):
-      out[key] = float(np.mean([m[key] for m in host]))
+  for key in host[-1]['aux']:  # the model's auxiliary values (MoE), window means
+    out[key] = float(np.mean([m['aux'][key] for m in host]))
   steps_per_s = len(host) / max(seconds, 1e-9)
   out['tokens_per_s'] = steps_per_s * tokens_per_step
   out['mfu'] = steps_per_s * flops_per_step / peak

@@ -1,10 +1,12 @@
 """Packing: budgets, run-safe cuts, the row contract, skip counts and exact resume."""
 
+import json
+
 import grain
 import numpy as np
 import pytest
 
-from data_pipelines import packing
+from data_pipelines import fill_packing, packing
 from data_pipelines.documents import Document, Skipped
 from tests.data_pipelines.conftest import (IMAGE_SIZE, IMAGE_TOKEN_ID, MAX_IMAGES,
                                            NUM_IMAGE_TOKENS, SEQ_LEN, check_row)
@@ -85,9 +87,9 @@ def test_split_moves_a_straddling_run_to_the_next_chunk():
   assert chunks[1].tokens[:K].tolist() == [IMAGE_TOKEN_ID] * K
 
 
-def pack(documents, window=packing.DEFAULT_PACKING_WINDOW):
+def pack(documents, window=packing.DEFAULT_PACKING_WINDOW, **kwargs):
   stream = grain.MapDataset.source(documents).to_iter_dataset()
-  return packing.pack_documents(stream, window=window, **BUDGETS)
+  return packing.pack_documents(stream, window=window, **BUDGETS, **kwargs)
 
 
 def segments_of(row):
@@ -132,15 +134,17 @@ def test_first_fit_fills_earlier_rows():
   assert rows[0]['segment_ids'].max() == 2
 
 
-def test_exact_resume_mid_window():
+@pytest.mark.parametrize('mode, window', [('whole', packing.DEFAULT_PACKING_WINDOW),
+                                          ('fill', 4)])
+def test_exact_resume_mid_window(mode, window):
   documents = mixed_documents(60, seed=3)
   stream = grain.MapDataset.source(documents).repeat().to_iter_dataset()
-  rows = packing.pack_documents(stream, **BUDGETS)
+  rows = packing.pack_documents(stream, mode=mode, window=window, **BUDGETS)
   for taken in (0, 1, 5, 13):
     iterator = iter(rows)
     for _ in range(taken):
       next(iterator)
-    state = iterator.get_state()
+    state = json.loads(json.dumps(iterator.get_state()))  # as the checkpoint stores it
     expected = [next(iterator) for _ in range(9)]
     resumed = iter(rows)
     resumed.set_state(state)
@@ -166,3 +170,150 @@ def test_rows_from_documents_one_per_row_padded_right():
     np.testing.assert_array_equal(row['images'][:document.num_images], document.images)
   with pytest.raises(ValueError, match='tokens'):
     packing.rows_from_documents(documents, image_token_id=IMAGE_TOKEN_ID, seq_len=5)
+
+
+# Fill packing (data.packing='fill'): documents are cut to fill rows.
+
+class UniqueDocuments:
+  """Documents whose text tokens and images are unique over the whole stream, so that a
+  packed segment tells which document and which offset it came from."""
+
+  def __init__(self):
+    self.documents = []
+    self.place = {}  # text token or ('image', id) -> (document index, token offset)
+    self.next_token, self.next_image = 10, 1
+
+  def __call__(self, text_lengths) -> Document:
+    index = len(self.documents)
+    tokens, images = [], []
+    for i, length in enumerate(text_lengths):
+      for _ in range(length):
+        self.place[self.next_token] = (index, len(tokens))
+        tokens.append(self.next_token)
+        self.next_token += 1
+      if i < len(text_lengths) - 1:
+        self.place[('image', self.next_image)] = (index, len(tokens))
+        tokens += [IMAGE_TOKEN_ID] * K
+        pixels = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        pixels[0, 0, :2] = self.next_image % 256, self.next_image // 256
+        images.append(pixels)
+        self.next_image += 1
+    pixels = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    self.documents.append(Document(np.asarray(tokens, np.int32), pixels))
+    return self.documents[-1]
+
+  def origin(self, tokens, images) -> tuple[int, int]:
+    """(document, offset) of a packed segment."""
+    if tokens[0] != IMAGE_TOKEN_ID:
+      return self.place[int(tokens[0])]
+    return self.place[('image', int(images[0, 0, 0, 0]) + 256 * int(images[0, 0, 0, 1]))]
+
+
+def unique_mix(count, seed=0):
+  """Captions, texts up to 2.5 rows long, image-dense documents and Skipped markers."""
+  make, rng = UniqueDocuments(), np.random.default_rng(seed)
+  stream = []
+  for i in range(count):
+    shape = i % 5
+    if shape == 0:
+      make([0, int(rng.integers(3, 12))])
+    elif shape == 1:
+      make([int(rng.integers(1, 160))])
+    elif shape in (2, 3):  # often over the image budget of a row, sometimes over both
+      make([int(rng.integers(0, 30)) for _ in range(rng.integers(2, 9))])
+    if shape == 4:
+      stream.append(Skipped(f'bad {i}'))
+    else:
+      stream.append(make.documents[-1])
+  return make, stream
+
+
+@pytest.mark.parametrize('long_documents', ['split', 'truncate'])
+def test_fill_packing_keeps_every_token_once_in_run_safe_pieces(long_documents):
+  make, stream = unique_mix(200)
+  rows = list(pack(stream, mode='fill', window=4, long_documents=long_documents))
+  covered = {i: np.zeros(len(d.tokens), int) for i, d in enumerate(make.documents)}
+  for row in rows:
+    check_row(row)  # budgets, segment ids, positions from 0, targets, loss mask, whole runs
+    for tokens, images in segments_of(row):
+      index, start = make.origin(tokens, images)
+      document = make.documents[index]
+      # A piece is a contiguous part of one document with exactly that part's images.
+      np.testing.assert_array_equal(tokens, document.tokens[start:start + len(tokens)])
+      first_image = int(np.sum(document.tokens[:start] == IMAGE_TOKEN_ID)) // K
+      np.testing.assert_array_equal(images,
+                                    document.images[first_image:first_image + len(images)])
+      if start:  # a cut is never inside an image run
+        assert not (document.tokens[start - 1] == IMAGE_TOKEN_ID == document.tokens[start]
+                    and np.sum(document.tokens[:start] == IMAGE_TOKEN_ID) % K)
+      covered[index][start:start + len(tokens)] += 1
+  cut_pieces = sum(row['segment_ids'].max() for row in rows) - len(make.documents)
+  assert cut_pieces > 0, 'nothing was cut: the test documents do not exercise fill packing'
+  for index, document in enumerate(make.documents):
+    kept = len(document.tokens)
+    if long_documents == 'truncate':
+      kept = len(packing.split_document(document, **BUDGETS)[0].tokens)
+    np.testing.assert_array_equal(covered[index][:kept], 1)  # every token exactly once
+    np.testing.assert_array_equal(covered[index][kept:], 0)
+  assert sum(int(r['num_skipped']) for r in rows) == sum(isinstance(d, Skipped) for d in stream)
+
+
+def test_fill_packing_leaves_less_than_two_min_pieces_of_text_rows_empty():
+  # Text can be cut anywhere: a window is emitted only when the piece in hand fits no row
+  # whole and no row can take a min_piece_tokens head of it (leaving such a tail).
+  make, rng, min_piece = UniqueDocuments(), np.random.default_rng(5), 4
+  documents = [make([int(rng.integers(1, 150))]) for _ in range(100)]
+  for mode, window in (('whole', 32), ('fill', 4)):
+    stream = grain.MapDataset.source(documents).repeat().to_iter_dataset()
+    rows = packing.pack_documents(stream, mode=mode, window=window, min_piece_tokens=min_piece,
+                                  **BUDGETS)
+    iterator = iter(rows)
+    padding = [int(np.sum(next(iterator)['segment_ids'] == 0)) for _ in range(60)]
+    if mode == 'whole':
+      assert max(padding) >= 2 * min_piece  # the bound below is fill packing's doing
+    else:
+      assert max(padding) < 2 * min_piece, padding
+
+
+def test_fill_packing_cuts_before_a_run_that_does_not_fit():
+  make = UniqueDocuments()
+  first = make([SEQ_LEN - 8])  # leaves 8 tokens of room
+  second = make([5, 20])  # 5 text tokens, a run of K, 20 text tokens
+  rows = list(pack([first, second], mode='fill', window=1, min_piece_tokens=2))
+  # 5 + K > 8: the room takes the 5 text tokens only, the run opens the next row.
+  assert rows[0]['segment_ids'].max() == 2 and rows[0]['image_valid'].sum() == 0
+  np.testing.assert_array_equal(rows[0]['tokens'][SEQ_LEN - 8:SEQ_LEN - 3], second.tokens[:5])
+  assert rows[0]['loss_mask'][SEQ_LEN - 4] == 0  # the cut costs the target across it
+  np.testing.assert_array_equal(rows[1]['tokens'][:K + 20], second.tokens[5:])
+  assert rows[1]['positions'][0] == 0 and rows[1]['image_valid'].sum() == 1
+  np.testing.assert_array_equal(rows[1]['images'][0], second.images[0])
+
+
+@pytest.mark.parametrize('room_tokens, room_images, min_piece, expected', [
+    (100, 5, 1, 30),  # the whole document fits
+    (12, 5, 1, 12),  # text: cut at the room
+    (7, 5, 1, 5),  # the run at 5..8 does not fit 7 tokens: cut before it
+    (9, 5, 1, 9),  # a cut right after the run
+    (20, 1, 1, 16),  # only one run allowed: cut before the second (at 16)
+    (20, 0, 1, 5),  # no image allowed: the text before the first run
+    (4, 0, 5, 0),  # a head shorter than min_piece: no cut
+    (29, 5, 3, 27),  # the tail keeps min_piece tokens
+    (29, 5, 12, 16),  # ... and a tail of 12 would start inside the run at 16: before it
+])
+def test_largest_cut(room_tokens, room_images, min_piece, expected):
+  # 30 tokens: text 0..4, run 5..8, text 9..15, run 16..19, text 20..29.
+  runs, length = [5, 16], 30
+  cut = fill_packing.largest_cut(runs, length, room_tokens=room_tokens,
+                                 room_images=room_images, num_image_tokens=K,
+                                 min_head=min_piece, min_tail=min_piece if room_tokens < 30
+                                 else 0)
+  assert cut == expected
+
+
+def test_fill_packing_rejects_a_whole_packing_state():
+  stream = grain.MapDataset.source(mixed_documents(12)).repeat().to_iter_dataset()
+  whole = iter(packing.pack_documents(stream, mode='whole', **BUDGETS))
+  next(whole)
+  fill = iter(packing.pack_documents(stream, mode='fill', **BUDGETS))
+  with pytest.raises(ValueError, match="data.packing='whole'"):
+    fill.set_state(whole.get_state())

@@ -139,7 +139,7 @@ def test_sharded_forward_equals_single_device(model, forward, layout):
       key: jax.device_put(value, NamedSharding(mesh, logical_to_spec(names[key], value.shape,
                                                                      mesh)))
       for key, value in batch.items()}
-  assert sharded_batch['tokens'].sharding.spec == P(('data', 'fsdp'), None)
+  assert sharded_batch['tokens'].sharding.spec == P(('data', 'fsdp', 'expert'), None)
 
   with jax.set_mesh(mesh):
     sharded_logits, _ = _forward_fn(graphdef)(sharded_state, sharded_batch)

@@ -17,7 +17,7 @@ def mesh():
 
 
 def test_table_entries():
-  assert RULES['batch'] == ('data', 'fsdp')
+  assert RULES['batch'] == ('data', 'fsdp', 'expert')
   assert RULES['embed'] == 'fsdp'
   for name in ('mlp', 'heads', 'kv_heads', 'vocab'):
     assert RULES[name] == 'tensor'
@@ -27,7 +27,8 @@ def test_table_entries():
 
 
 def test_logical_to_spec_without_mesh():
-  assert logical_to_spec(('batch', 'length', 'mlp')) == P(('data', 'fsdp'), None, 'tensor')
+  assert logical_to_spec(('batch', 'length', 'mlp')) == P(('data', 'fsdp', 'expert'), None,
+                                                          'tensor')
   assert logical_to_spec(('embed', 'mlp')) == P('fsdp', 'tensor')
   assert logical_to_spec((None, 'vocab')) == P(None, 'tensor')
 
@@ -38,7 +39,8 @@ def test_unknown_name_is_a_clear_error():
 
 
 def test_non_dividing_sizes_fall_back(mesh):
-  assert logical_to_spec(('batch', 'mlp'), (8, 6), mesh) == P(('data', 'fsdp'), 'tensor')
+  assert logical_to_spec(('batch', 'mlp'), (8, 6), mesh) == P(('data', 'fsdp', 'expert'),
+                                                               'tensor')
   # 2 rows: only 'data' divides; 3 rows: nothing divides -> replicated.
   assert logical_to_spec(('batch', 'mlp'), (2, 6), mesh) == P('data', 'tensor')
   assert logical_to_spec(('batch', 'mlp'), (3, 5), mesh) == P(None, None)
@@ -46,7 +48,8 @@ def test_non_dividing_sizes_fall_back(mesh):
 
 def test_mesh_axis_used_once_per_array(mesh):
   # 'batch' takes fsdp, so 'embed' (also fsdp) must replicate.
-  assert logical_to_spec(('batch', 'embed'), (8, 8), mesh) == P(('data', 'fsdp'), None)
+  assert logical_to_spec(('batch', 'embed'), (8, 8), mesh) == P(('data', 'fsdp', 'expert'),
+                                                                 None)
 
 
 class _Two(nnx.Module):
@@ -77,5 +80,5 @@ def test_constrain_is_identity_without_mesh_and_shards_with_one(mesh):
   f = jax.jit(lambda x: constrain(x * 2, ('batch', 'mlp')))
   with jax.set_mesh(mesh):
     y = f(x)
-  assert y.sharding.spec == P(('data', 'fsdp'), 'tensor')
+  assert y.sharding.spec == P(('data', 'fsdp'), 'tensor')  # size-1 'expert' normalised away
   assert jnp.array_equal(y, x * 2)

@@ -163,3 +163,29 @@ def test_checkpoint_killed_mid_save_is_never_restored(tmp_path, fsdp8):
   assert int(restored['step']) == int(changed['step'])
   _assert_same_values(restored['params'], state['params'])
   reopened.close()
+
+
+def test_checkpoint_arrays_are_stored_in_bounded_chunks(tmp_path, monkeypatch):
+  """A reader of one tensor (the PyTorch export) never has to hold more than a chunk."""
+  import json
+
+  import orbax.checkpoint as ocp
+  import tensorstore as ts
+  from etils import epath
+  monkeypatch.setattr(checkpoint_lib, 'CHUNK_BYTES', 16 * 1024)
+  state = {'params': {'stack': jnp.ones((4, 64, 128), jnp.float32)},
+           'step': jnp.zeros((), jnp.int32)}
+  checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=1, use_async=False)
+  checkpointer.save(1, state)
+  checkpointer.close()
+  state_dir = epath.Path(tmp_path) / '1' / 'state'
+  with open(state_dir / '_METADATA') as f:
+    use_zarr3 = bool(json.load(f).get('use_zarr3', False))
+  context = ts.Context({'cache_pool#ocdbt': {'total_bytes_limit': 0}})
+  info = ocp.type_handlers.ParamInfo(name='params.stack', parent_dir=state_dir,
+                                     use_zarr3=use_zarr3, ts_context=context)
+  stored = ts.open(ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=True),
+                   context=context).result()
+  chunk = stored.chunk_layout.read_chunk.shape
+  assert 4 * int(np.prod(chunk)) <= 16 * 1024 < 4 * 4 * 64 * 128
+  np.testing.assert_array_equal(stored.read().result(), np.ones((4, 64, 128), np.float32))
