@@ -144,3 +144,20 @@ def test_command_line_json_and_exit_status(tmp_path):
   bad = subprocess.run(command[:-2] + ['--config.mesh.data=3'], capture_output=True, text=True,
                        timeout=600)
   assert bad.returncode == 2 and 'config.mesh' in bad.stderr
+
+
+@needs_libtpu
+@pytest.mark.parametrize('dispatch', ['capacity', 'dropless'])
+def test_moe_train_step_compiles_with_expert_parallelism(dispatch):
+  from experiments import tiny_moe
+  config = tiny_moe.get_config()
+  config.model.decoder.num_layers = 2  # one dense and one MoE layer: all the program's parts
+  config.model.moe.dispatch = dispatch
+  config.mesh.update(data=1, fsdp=2, tensor=1, expert=2)
+  report = analyse(config, correct_loops=False)
+  assert report.fits and report.mesh['expert'] == 2
+  m = report.memory
+  assert m.total == m.arguments + m.outputs - m.aliased + m.temporaries + m.generated_code
+  # The 8 experts' weights are split over expert x fsdp: each chip holds about a quarter.
+  expert_state = 3 * 4 * 3 * 8 * config.model.decoder.d_model * 384
+  assert m.arguments < 3 * 4 * report.num_params - expert_state * 3 / 4 * 0.9
