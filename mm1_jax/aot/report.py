@@ -220,6 +220,7 @@ class Report:
   model_flops: float | None       # per step, all chips
   peak_flops_per_chip: float
   compiler_error: str = ''
+  loops_uncounted: bool = False   # loops whose cost was not corrected: no time estimate
 
   @property
   def fits(self) -> bool:
@@ -237,6 +238,8 @@ class Report:
 
   @property
   def estimated_seconds(self) -> float | None:
+    if self.loops_uncounted:
+      return None
     cost = self.cost_unrolled or self.cost
     return cost.get('optimal_seconds')
 
@@ -246,7 +249,7 @@ class Report:
     it missed work, e.g. loops the compiler itself made (collective matmuls), and the
     estimated time is too short by about as much."""
     cost = self.cost_unrolled or self.cost
-    if not self.model_flops or 'flops' not in cost:
+    if not self.model_flops or 'flops' not in cost or self.loops_uncounted:
       return None
     return cost['flops'] * self.chips / self.model_flops
 
@@ -272,7 +275,7 @@ class Report:
         'peak_flops_per_chip': self.peak_flops_per_chip,
         'estimated_step_seconds': self.estimated_seconds,
         'estimated_mfu': self.estimated_mfu, 'flops_coverage': self.flops_coverage,
-        'error': self.error,
+        'loops_uncounted': self.loops_uncounted, 'error': self.error,
     }
 
 
@@ -310,8 +313,11 @@ def analyse(config, *, config_name: str, topology: tpu_topology.Topology, slices
   report.memory = read_memory(compiled)
   report.cost = read_cost(compiled)
   has_loops = any(_scanned(config, step)) or ' while(' in compiled.as_text()
-  if correct_loops and report.cost and (has_loops or config.train.grad_accum > 1):
-    report.cost_unrolled = loop_corrected_cost(config, mesh, step, say)
+  if has_loops or (step == 'train' and config.train.grad_accum > 1):
+    if correct_loops and report.cost:
+      report.cost_unrolled = loop_corrected_cost(config, mesh, step, say)
+    else:
+      report.loops_uncounted = True
   return report
 
 
@@ -342,9 +348,12 @@ def format_report(report: Report) -> str:
                + (f' ({report.error})' if report.error else ''))
   cost = report.cost_unrolled or report.cost
   if cost:
-    label = 'loops unrolled, ' if report.cost_unrolled else ''
+    label = ('loops unrolled, ' if report.cost_unrolled else
+             'loop bodies counted once, ' if report.loops_uncounted else '')
     lines.append(f'estimate ({label}per chip): {cost.get("flops", math.nan):.3e} FLOPs, '
                  f'{cost.get("bytes_accessed", math.nan):.3e} bytes accessed')
+  if report.loops_uncounted:
+    lines.append('no time estimate: the program has loops and --nocorrect_loops was given')
   if report.estimated_seconds:
     lines.append(f'estimated step time (XLA cost model): {report.estimated_seconds:.3f} s')
   if report.model_flops:
