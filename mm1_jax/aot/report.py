@@ -4,8 +4,8 @@ Memory (`compiled.memory_analysis()`, bytes per chip): arguments, outputs, the p
 the outputs aliased to (donated) arguments, temporaries and generated code;
     total = arguments + outputs - aliased + temporaries + generated code.
 The TPU compiler also reports its own peak of live buffers; a program fits when that peak
-(or, without one, the total) is within the chip's HBM. An allocation that cannot fit at all stops the compiler; that is
-reported as not fitting, with the compiler's message.
+(or, without one, the total) is within the chip's HBM. A program that cannot fit at all
+stops the compiler; that is reported as not fitting, with the compiler's message.
 
 Cost (`compiled.cost_analysis()`, per chip): FLOPs, bytes accessed, and the TPU cost
 model's `optimal_seconds`. XLA counts the body of a loop once, whatever its trip count,
