@@ -25,13 +25,17 @@ CORE = [
 EXTRAS = {
     # The test suite checks parity against transformers and pycocoevalcap and the SeqIO
     # backend, so it installs those too. torch is pinned to its CPU build (see 'torch').
+    # libtpu (jax[tpu], a 210 MB wheel) lets tests/test_aot.py compile for TPU topologies
+    # on a CPU host; JAX still runs on the CPU there.
     'test': ['pytest>=8', 'pytest-timeout>=2.3', 'torch==2.13.0', 'transformers>=4.46',
-             'safetensors>=0.4', 'pycocoevalcap>=1.2', 'seqio>=0.0.19'],
+             'safetensors>=0.4', 'pycocoevalcap>=1.2', 'seqio>=0.0.19',
+             'jax[tpu]>=0.10,<0.11'],
     # SeqIO pulls in TensorFlow and tensorflow-text (over 1 GB); it is needed only for
     # `data.backend='seqio'`, so it is an extra and not part of the quick start.
     'seqio': ['seqio>=0.0.19'],
     # CPU build of PyTorch pinned: an open range downloads a multi-GB CUDA build.
     'torch': ['torch==2.13.0', 'transformers>=4.46', 'safetensors>=0.4'],
+    # On TPU VMs; on any host also `python -m mm1_jax.aot` (compile for a TPU topology).
     'tpu': ['jax[tpu]>=0.10,<0.11'],
     'cuda': ['jax[cuda12]>=0.10,<0.11'],
 }
@@ -53,6 +57,7 @@ setup(
             'mm1-evaluate=mm1_jax.evaluate:run',
             'mm1-export=mm1_jax.export.to_pytorch:run',
             'mm1-from-pytorch=mm1_jax.export.from_pytorch:run',
+            'mm1-aot=mm1_jax.aot.__main__:run',
         ],
     },
 )

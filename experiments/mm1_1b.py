@@ -10,6 +10,10 @@ or start, as MM1 did, from pretrained checkpoints (CLIP ViT-L/14-336, a 32k-voca
     python -m mm1_jax.export.from_hf --config=experiments/mm1_1b.py --vision=DIR \\
         --llm=DIR --workdir=OUT && python -m mm1_jax.train --config=... --workdir=OUT
 
+Intended topology: v5p-64 (32 chips), fsdp over all of them, 16 rows a chip. Compiled
+ahead of time for it (`python -m mm1_jax.aot --config=experiments/mm1_1b.py
+--topology=v5p-64`, table in experiments/README.md) it fits in 85.7 of 95 GiB per chip.
+
 Expected result: the paper's 1.2B ablation numbers need its data; on the synthetic world
 the loss falls like experiments/tiny.py's. The `local` variant (`experiments/mm1_1b.py:local`)
 keeps the architecture (class token dropped, penultimate layer, C-Abstractor, GQA, scan)
@@ -24,7 +28,8 @@ steps. Chosen here where the paper is silent (Llama-style): vocabulary 32000, d_
 2048, 24 layers, 16 heads with 8 key/value heads, SwiGLU width 5632, tied embeddings:
 1.198B decoder parameters. C-Abstractor depth 3 at width 1024 (Honeybee's), SiLU readout of
 2 layers. Adam betas 0.9 / 0.95, clipping at 1.0, bfloat16 compute, scanned layers with
-rematerialisation of everything but batch-free matmuls, in the decoder and in the ViT.
+rematerialisation of everything but batch-free matmuls in the decoder and of everything
+but the block inputs in the ViT, splash attention (TPU).
 
 This file also holds `build`, the shared recipe of mm1_3b/7b/30b.py.
 """
@@ -45,11 +50,15 @@ def build(*, decoder: dict, vit_size: str, image_size: int, vit_activation: str,
   model.vit.update(activation=vit_activation, feature_layer=-2, use_class_token=True,
                    drop_class_token=True, final_norm=False, scan_layers=True,
                    # 16 images a row: without remat the ViT's saved attention
-                   # probabilities alone are 58 GiB at 8 rows (seen on one H200).
-                   remat='dots_with_no_batch_dims_saveable')
+                   # probabilities alone are 58 GiB at 8 rows (seen on one H200); saving
+                   # its matmul outputs still needs 63 GiB per v5p chip at 16 rows
+                   # (mm1_1b on v5p-64, python -m mm1_jax.aot): keep only block inputs.
+                   remat='full')
   model.connector.update(kind='c_abstractor', num_tokens=144, depth=3, width=1024, mlp_depth=2)
   model.decoder.update(decoder)
-  model.decoder.update(rope_theta=10000.0, norm_eps=1e-5, attention='xla', scan_layers=True,
+  # Splash attention (TPU): the 'xla' kernel's [heads, 4096, 4096] scores do not fit a v5p
+  # at 16 rows a chip. On GPUs use --config.model.decoder.attention=cudnn.
+  model.decoder.update(rope_theta=10000.0, norm_eps=1e-5, attention='splash', scan_layers=True,
                        remat='dots_with_no_batch_dims_saveable')
 
   data = config.data

@@ -111,10 +111,18 @@ def _splash_local(q, k, v, segment_ids):
   return jnp.swapaxes(jax.vmap(one_row)(q, k, v, segment_ids), 1, 2)
 
 
+def target_platform() -> str:
+  """The platform being compiled for: that of the active mesh's devices (another machine's
+  when compiling ahead of time, see mm1_jax.aot), else the default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else getattr(mesh, 'abstract_device', None)
+  return device.platform if device is not None else jax.default_backend()
+
+
 def splash_attention(q, k, v, mask) -> jax.Array:
-  if jax.default_backend() != 'tpu':
+  if target_platform() != 'tpu':
     raise ValueError(f"model.decoder.attention='splash' needs a TPU, but the backend is "
-                     f"{jax.default_backend()!r}; use 'xla'")
+                     f"{target_platform()!r}; use 'xla'")
   if not isinstance(mask, CausalSegments):
     raise ValueError("attention='splash' serves the decoder's causal segment mask only")
   mesh = jax.sharding.get_abstract_mesh()
