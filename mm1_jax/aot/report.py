@@ -241,7 +241,9 @@ class Report:
     if self.loops_uncounted:
       return None
     cost = self.cost_unrolled or self.cost
-    return cost.get('optimal_seconds')
+    seconds = cost.get('optimal_seconds')
+    # The cost model has been seen to answer a negative time (mm1_3b_moe): no estimate.
+    return seconds if seconds is not None and seconds > 0 else None
 
   @property
   def flops_coverage(self) -> float | None:
