@@ -26,8 +26,9 @@ install-test: $(VENV)/.installed-test
 train: $(VENV)/.installed
 	$(BIN)/python -m mm1_jax.train --config=experiments/tiny.py --workdir=$(WORKDIR)
 
+# Two workers, whole files each: the two cores of the smallest machine the suite targets.
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) workdirs

@@ -27,8 +27,8 @@ EXTRAS = {
     # backend, so it installs those too. torch is pinned to its CPU build (see 'torch').
     # libtpu (jax[tpu], a 210 MB wheel) lets tests/test_aot.py compile for TPU topologies
     # on a CPU host; JAX still runs on the CPU there.
-    'test': ['pytest>=8', 'pytest-timeout>=2.3', 'torch==2.13.0', 'transformers>=4.46',
-             'safetensors>=0.4', 'pycocoevalcap>=1.2', 'seqio>=0.0.19',
+    'test': ['pytest>=8', 'pytest-timeout>=2.3', 'pytest-xdist>=3.5', 'torch==2.13.0',
+             'transformers>=4.46', 'safetensors>=0.4', 'pycocoevalcap>=1.2', 'seqio>=0.0.19',
              'jax[tpu]>=0.10,<0.11'],
     # SeqIO pulls in TensorFlow and tensorflow-text (over 1 GB); it is needed only for
     # `data.backend='seqio'`, so it is an extra and not part of the quick start.
