@@ -127,18 +127,18 @@ def measure(config, steps: int, measure_save: bool = True) -> dict:
       times.append(time.perf_counter() - start)
     step_seconds = float(np.median(times))
 
-    blocked = [float('nan')]
-    with tempfile.TemporaryDirectory() as directory:
-      checkpointer = checkpoint_lib.Checkpointer(directory, keep=2, use_async=True)
-      blocked = [] if measure_save else blocked
-      for i in range(3 if measure_save else 0):
-        state, metrics = train_step(state, batch)
-        jax.block_until_ready(state)
-        start = time.perf_counter()
-        checkpointer.save(i + 1, state, config=config)
-        blocked.append(time.perf_counter() - start)
-        checkpointer.wait()
-      checkpointer.close()
+    blocked = []  # seconds each asynchronous save blocked the loop
+    if measure_save:
+      with tempfile.TemporaryDirectory() as directory:
+        checkpointer = checkpoint_lib.Checkpointer(directory, keep=2, use_async=True)
+        for i in range(3):
+          state, metrics = train_step(state, batch)
+          jax.block_until_ready(state)
+          start = time.perf_counter()
+          checkpointer.save(i + 1, state, config=config)
+          blocked.append(time.perf_counter() - start)
+          checkpointer.wait()
+        checkpointer.close()
 
   num_images = float(host_batch['image_valid'].sum())
   flops_per_step = flops_lib.train_flops_per_step(config, state['params'], num_images=num_images)
@@ -149,7 +149,7 @@ def measure(config, steps: int, measure_save: bool = True) -> dict:
   else:
     matmul = flops_lib.measured_matmul_flops(size=8192, repeats=10, dtype=jnp.bfloat16)
   reference = matmul if device.platform == 'cpu' else peak
-  save_block = float(np.median(blocked))
+  save_block = float(np.median(blocked)) if blocked else float('nan')
   return {
       'device': f'{device.platform} {device.device_kind} x{jax.device_count()}',
       'num_params': layout.num_params,
