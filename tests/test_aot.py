@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from mm1_jax.models import flops as model_flops
 from mm1_jax.parallel import tpu_topology
 
 needs_libtpu = pytest.mark.skipif(
@@ -161,3 +162,45 @@ def test_moe_train_step_compiles_with_expert_parallelism(dispatch):
   # The 8 experts' weights are split over expert x fsdp: each chip holds about a quarter.
   expert_state = 3 * 4 * 3 * 8 * config.model.decoder.d_model * 384
   assert m.arguments < 3 * 4 * report.num_params - expert_state * 3 / 4 * 0.9
+
+
+def test_cost_probes_unroll_one_micro_batch():
+  from experiments import tiny_moe
+  from mm1_jax.aot import report
+  from mm1_jax.models.vit import num_blocks
+  config = tiny_moe.get_config()
+  config.model.decoder.scan_layers = True
+  config.train.update(batch_size=8, grad_accum=4)
+  every = config.model.moe.every
+  probe = report._probe_config(config, decoder_units=2, vit_blocks=None)
+  # Two repeating units of the decoder (dense and MoE layers), unrolled; the ViT as it is.
+  assert probe.model.decoder.num_layers == 2 * every and not probe.model.decoder.scan_layers
+  assert probe.model.vit.to_dict() == config.model.vit.to_dict()
+  # One micro-batch: the estimate multiplies by grad_accum.
+  assert (probe.train.batch_size, probe.train.grad_accum) == (2, 1)
+  blocks = report._probe_config(config, decoder_units=None, vit_blocks=2)
+  assert blocks.model.decoder.num_layers == config.model.decoder.num_layers
+  vit = blocks.model.vit
+  assert num_blocks(vit.depth, vit.feature_layer) == 2 and not vit.scan_layers
+
+
+@needs_libtpu
+def test_splash_attention_is_costed_at_peak(train_report):
+  from experiments import tiny
+  from mm1_jax.aot import report
+  config = tiny.get_config()
+  assert report.opaque_flops(config, 'train') == 0  # XLA attention: the compiler counts it
+  config.model.decoder.attention = 'splash'
+  assert report.opaque_flops(config, 'decode') == 0  # decoding never runs splash
+  opaque = report.opaque_flops(config, 'train')
+  # Splash runs the decoder's only FLOPs quadratic in length: f(2L) - 2 f(L) is twice them.
+  def forward(length):
+    return model_flops.decoder_forward_flops(config.model.decoder, length, config.model.moe)
+  length = config.data.seq_len
+  quadratic = (forward(2 * length) - 2 * forward(length)) / 2
+  assert opaque == pytest.approx(3 * quadratic * config.train.batch_size, rel=1e-9)
+  with_splash = dataclasses.replace(train_report, opaque_flops=opaque)
+  seconds = opaque / (train_report.chips * train_report.peak_flops_per_chip)
+  assert with_splash.estimated_seconds == pytest.approx(train_report.estimated_seconds + seconds)
+  assert with_splash.flops_coverage == pytest.approx(
+      train_report.flops_coverage + opaque / train_report.model_flops)

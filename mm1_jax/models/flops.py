@@ -43,8 +43,13 @@ def decoder_forward_flops(decoder_config, length: int, moe_config=None) -> float
   per_layer = attention_weights + 3 * c.d_model * c.d_ff
   matmul = (c.num_layers * per_layer + moe_layers * (moe_ffn - 3 * c.d_model * c.d_ff)
             + c.vocab_size * c.d_model)
-  attention = 4 * c.num_layers * length * c.num_heads * head_dim
-  return float(length * (2 * matmul + attention))
+  return float(length * 2 * matmul) + decoder_attention_flops(c, length)
+
+
+def decoder_attention_flops(decoder_config, length: int) -> float:
+  """Forward FLOPs of the attention scores and values of `length` tokens, all layers."""
+  c = decoder_config
+  return float(4 * c.num_layers * length * length * c.num_heads * (c.d_model // c.num_heads))
 
 
 def vit_forward_flops(vit_config, image_size: int | None = None) -> float:
@@ -73,6 +78,6 @@ def model_flops_per_sequence(config, num_images: float | None = None) -> float:
   return 3.0 * forward
 
 
-__all__ = ['model_flops_per_sequence', 'decoder_forward_flops', 'inactive_expert_params',
+__all__ = ['model_flops_per_sequence', 'decoder_forward_flops', 'decoder_attention_flops', 'inactive_expert_params',
            'moe_layer_counts', 'vit_forward_flops',
            'connector_forward_flops', 'outputs_class_token']
