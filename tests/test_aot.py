@@ -128,6 +128,10 @@ def test_decode_step_compiles_and_scanned_layers_are_costed_as_unrolled():
   layers = scanned.model.decoder.num_layers
   assert report.cost['flops'] < reference.cost['flops'] * 2 / layers
   assert report.cost_unrolled['flops'] == pytest.approx(reference.cost['flops'], rel=0.02)
+  # The probes it was extrapolated from: one and two layers, unrolled.
+  assert [p['decoder_layers'] for p in report.cost_probes] == [1, 2]
+  one, two = (p['flops'] for p in report.cost_probes)
+  assert report.cost_unrolled['flops'] == pytest.approx(one + (layers - 1) * (two - one))
 
 
 @needs_libtpu

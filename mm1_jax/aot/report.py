@@ -182,12 +182,14 @@ def _probe_config(config, decoder_units: int | None, vit_blocks: int | None):
   return probe
 
 
-def loop_corrected_cost(config, mesh, step: str, progress=None) -> dict[str, float]:
+def loop_corrected_cost(config, mesh, step: str, progress=None,
+                        probes: list | None = None) -> dict[str, float]:
   """Cost per chip of `step` with every loop counted in full (module docstring).
 
   Compiled without windowed einsums: the base probe has each scanned stack unrolled at
   one layer, and one more probe per scanned stack at two layers gives that stack's cost
-  per layer, extrapolated linearly to its depth. Micro-batches multiply the whole.
+  per layer, extrapolated linearly to its depth. Micro-batches multiply the whole. Each
+  probe's depths and cost (one micro-batch) are appended to `probes` when given.
   """
   decoder_scanned, vit_scanned = _scanned(config, step)
   base = (1 if decoder_scanned else None, 1 if vit_scanned else None)
@@ -207,6 +209,10 @@ def loop_corrected_cost(config, mesh, step: str, progress=None) -> dict[str, flo
     compiled = compile_program(programs.make_program(probe, mesh, step), mesh,
                                COST_COMPILER_OPTIONS)
     costs.append(read_cost(compiled))
+    if probes is not None:
+      probes.append({'decoder_layers': probe.model.decoder.num_layers,
+                     'vit_blocks': num_blocks(probe.model.vit.depth, probe.model.vit.feature_layer),
+                     **costs[-1]})
   trips = []
   if decoder_scanned:
     trips.append(config.model.decoder.num_layers // _decoder_unit(config))
@@ -242,6 +248,7 @@ class Report:
   compiler_error: str = ''
   loops_uncounted: bool = False   # loops whose cost was not corrected: no time estimate
   opaque_flops: float = 0.0       # per step, all chips: in kernels the cost analysis misses
+  cost_probes: list = dataclasses.field(default_factory=list)  # per chip, one micro-batch
   probe_error: str = ''           # why the cost probes could not compile, if they could not
 
   @property
@@ -306,7 +313,7 @@ class Report:
         'peak_flops_per_chip': self.peak_flops_per_chip,
         'estimated_step_seconds': self.estimated_seconds,
         'estimated_mfu': self.estimated_mfu, 'flops_coverage': self.flops_coverage,
-        'opaque_flops_per_step': self.opaque_flops,
+        'opaque_flops_per_step': self.opaque_flops, 'cost_probes': self.cost_probes,
         'loops_uncounted': self.loops_uncounted, 'probe_error': self.probe_error,
         'error': self.error,
     }
@@ -351,7 +358,8 @@ def analyse(config, *, config_name: str, topology: tpu_topology.Topology, slices
     report.loops_uncounted = True
     if correct_loops and report.cost:
       try:
-        report.cost_unrolled = loop_corrected_cost(config, mesh, step, say)
+        report.cost_unrolled = loop_corrected_cost(config, mesh, step, say,
+                                                   report.cost_probes)
         report.loops_uncounted = False
       except jax.errors.JaxRuntimeError as e:
         # XLA attention in place of splash can overflow where the real program fits.
