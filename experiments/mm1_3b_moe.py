@@ -22,11 +22,11 @@ router z-loss 0.001, 64B parameters in total; the rest as mm1_3b.py (see there).
 Chosen: the MoE layers are layers 1, 3, ..., 27 (the second of each pair); expert SwiGLU
 width 7424 (not published) so the total matches: 63.91B parameters (-0.1% of 64B; 63.27B
 in the decoder). The `upcycle` variant keeps the dense width 8192 so each expert can be a
-copy of mm1_3b's FFN: 70.25B (+9.8%). Capacity dispatch, capacity factor 1.25. State in
-float32 with Adam moments ~1 TB, sharded over the 32 chips (95 GB HBM each) by
-expert (8 experts per shard) and fsdp; the batch runs as 4 micro-batches (grad_accum=4)
-to fit (compiled ahead of time for v5p-64: 89.5 of 95 GiB per chip, experiments/README.md;
-the `upcycle` variant's wider experts were not compiled).
+copy of mm1_3b's FFN: 70.25B (+9.8%). Capacity dispatch in groups of 1024 tokens, capacity
+factor 1.25. State in float32 with Adam moments ~1 TB, sharded over the 32 chips (95 GB
+HBM each) by expert (8 experts per shard) and fsdp; the batch runs as 4 micro-batches
+(grad_accum=4) to fit (compiled ahead of time for v5p-64: 89.1 of 95 GiB per chip,
+experiments/README.md; the `upcycle` variant's wider experts were not compiled).
 """
 
 from experiments import mm1_3b, moe_recipe
@@ -37,6 +37,6 @@ def get_config(arg: str | None = None):
                             name='mm1_3b_moe', arg=arg)
   if arg != 'local':
     # 16 rows a chip overflow a v5p chip (compiler: 170 GB of temporaries; 113 GB with two
-    # micro-batches); four micro-batches of 4 rows fit (89.5 GiB peak, python -m mm1_jax.aot).
+    # micro-batches); four micro-batches of 4 rows fit (89.1 GiB peak, python -m mm1_jax.aot).
     config.train.grad_accum = 4
   return config

@@ -10,7 +10,8 @@ Run (TPU pod or GPU cluster; data.root must hold the three sources and the token
 
 Intended topology: v5p-256 (128 chips), fsdp over all of them, 4 rows a chip.
 Compiled ahead of time for it (`python -m mm1_jax.aot --config=experiments/mm1_7b.py
---topology=v5p-256`, table in experiments/README.md) it fits: 53.2 of 95 GiB per chip.
+--topology=v5p-256`, table in experiments/README.md) it fits: 53.2 of 95 GiB per chip;
+the XLA cost model estimates 3.1 s a step, 68% MFU.
 
 Expected result: MM1-7B's pretraining numbers need its data and 200k steps at batch 512;
 `experiments/mm1_7b.py:local` runs the same architecture at tiny size on the synthetic

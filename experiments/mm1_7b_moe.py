@@ -22,11 +22,11 @@ router z-loss 0.001, 47B parameters in total; the rest as mm1_7b.py (see there).
 Chosen: the MoE layers are layers 3, 7, ..., 31 (the last of each group of 4); expert
 SwiGLU width 12928 (not published) so the total matches: 47.00B parameters (0.0% off;
 46.35B in the decoder). The `upcycle` variant keeps the dense width 13824 so each expert
-can be a copy of mm1_7b's FFN: 49.82B (+6.0%). Capacity dispatch, capacity factor 1.25.
-State in float32 with Adam moments ~750 GB, sharded over the 32 chips (95 GB HBM each)
-by expert (4 experts per shard) and fsdp; the batch runs as 8 micro-batches (grad_accum=8)
-to fit (compiled ahead of time for v5p-64: 89.5 of 95 GiB per chip, experiments/README.md;
-the `upcycle` variant's wider experts were not compiled).
+can be a copy of mm1_7b's FFN: 49.82B (+6.0%). Capacity dispatch in groups of 1024 tokens,
+capacity factor 1.25. State in float32 with Adam moments ~750 GB, sharded over the 32
+chips (95 GB HBM each) by expert (4 experts per shard) and fsdp; the batch runs as 8
+micro-batches (grad_accum=8) to fit (compiled ahead of time for v5p-64: 89.2 of 95 GiB per
+chip, experiments/README.md; the `upcycle` variant's wider experts were not compiled).
 """
 
 from experiments import mm1_7b, moe_recipe
@@ -37,6 +37,6 @@ def get_config(arg: str | None = None):
                             name='mm1_7b_moe', arg=arg)
   if arg != 'local':
     # 16 rows a chip overflow a v5p chip (compiler: 267 GB of temporaries); eight
-    # micro-batches of 2 rows fit (89.5 GiB peak, python -m mm1_jax.aot).
+    # micro-batches of 2 rows fit (89.2 GiB peak, python -m mm1_jax.aot).
     config.train.grad_accum = 8
   return config

@@ -78,6 +78,10 @@ def test_train_step_compiles_with_data_and_fsdp(train_report):
   # What XLA counts for the 4 chips is the model's FLOPs (mm1_jax.models.flops) and a
   # little more (norms, softmax, the optimizer).
   assert 1 <= r.flops_coverage < 1.2
+  # Those FLOPs at peak bound the time from below; the cost model's time is above them.
+  assert r.flops_bound_seconds == pytest.approx(
+      r.cost['flops'] / tpu_topology.CHIPS['v5e'].peak_bf16_flops)
+  assert r.flops_bound_seconds <= r.estimated_seconds
   # fsdp shards the state: each chip holds about half of the float32 parameters and moments.
   state_bytes = 3 * 4 * r.num_params
   assert state_bytes / 2 * 0.9 < m.arguments < state_bytes * 0.75

@@ -292,6 +292,15 @@ class Report:
     return (cost['flops'] * self.chips + self.opaque_flops) / self.model_flops
 
   @property
+  def flops_bound_seconds(self) -> float | None:
+    """The counted FLOPs at the chips' peak: a floor under the step time (and 1 / coverage a
+    ceiling over the MFU), also where the cost model gives no time."""
+    coverage = self.flops_coverage
+    if coverage is None:
+      return None
+    return coverage * self.model_flops / (self.chips * self.peak_flops_per_chip)
+
+  @property
   def estimated_mfu(self) -> float | None:
     seconds = self.estimated_seconds
     if not self.model_flops or not seconds:
@@ -313,6 +322,7 @@ class Report:
         'peak_flops_per_chip': self.peak_flops_per_chip,
         'estimated_step_seconds': self.estimated_seconds,
         'estimated_mfu': self.estimated_mfu, 'flops_coverage': self.flops_coverage,
+        'flops_bound_seconds': self.flops_bound_seconds,
         'opaque_flops_per_step': self.opaque_flops, 'cost_probes': self.cost_probes,
         'loops_uncounted': self.loops_uncounted, 'probe_error': self.probe_error,
         'error': self.error,
@@ -418,6 +428,8 @@ def format_report(report: Report) -> str:
     lines.append(f'the cost analysis counted {100 * coverage:.0f}% of the model FLOPs'
                  + (': it missed work, so the time is underestimated and the MFU overstated'
                     if coverage < 0.9 else ''))
+    lines.append(f'those FLOPs at peak: {report.flops_bound_seconds:.3f} s a step at least, '
+                 f'MFU {100 / coverage:.1f}% at most')
   return '\n'.join(lines)
 
 
