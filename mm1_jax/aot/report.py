@@ -210,9 +210,9 @@ def loop_corrected_cost(config, mesh, step: str, progress=None,
                                COST_COMPILER_OPTIONS)
     costs.append(read_cost(compiled))
     if probes is not None:
+      vit = probe.model.vit
       probes.append({'decoder_layers': probe.model.decoder.num_layers,
-                     'vit_blocks': num_blocks(probe.model.vit.depth, probe.model.vit.feature_layer),
-                     **costs[-1]})
+                     'vit_blocks': num_blocks(vit.depth, vit.feature_layer), **costs[-1]})
   trips = []
   if decoder_scanned:
     trips.append(config.model.decoder.num_layers // _decoder_unit(config))
@@ -282,23 +282,31 @@ class Report:
     return self.opaque_flops / (self.chips * self.peak_flops_per_chip)
 
   @property
-  def flops_coverage(self) -> float | None:
-    """FLOPs the cost analysis counted (all chips) / the model's FLOPs. Well below 1 means
-    it missed work, e.g. loops the compiler itself made (collective matmuls), and the
-    estimated time is too short by about as much."""
+  def counted_flops(self) -> float | None:
+    """FLOPs of one step on all chips: the cost analysis's and the opaque kernels'."""
     cost = self.cost_unrolled or self.cost
-    if not self.model_flops or 'flops' not in cost or self.loops_uncounted:
+    if 'flops' not in cost or self.loops_uncounted:
       return None
-    return (cost['flops'] * self.chips + self.opaque_flops) / self.model_flops
+    return cost['flops'] * self.chips + self.opaque_flops
+
+  @property
+  def flops_coverage(self) -> float | None:
+    """Counted FLOPs / the model's FLOPs. Well below 1 means the cost analysis missed
+    work, e.g. loops the compiler itself made (collective matmuls), and the estimated time
+    is too short by about as much."""
+    counted = self.counted_flops
+    if not self.model_flops or counted is None:
+      return None
+    return counted / self.model_flops
 
   @property
   def flops_bound_seconds(self) -> float | None:
     """The counted FLOPs at the chips' peak: a floor under the step time (and 1 / coverage a
     ceiling over the MFU), also where the cost model gives no time."""
-    coverage = self.flops_coverage
-    if coverage is None:
+    counted = self.counted_flops
+    if not self.model_flops or counted is None:
       return None
-    return coverage * self.model_flops / (self.chips * self.peak_flops_per_chip)
+    return counted / (self.chips * self.peak_flops_per_chip)
 
   @property
   def estimated_mfu(self) -> float | None:
@@ -365,17 +373,17 @@ def analyse(config, *, config_name: str, topology: tpu_topology.Topology, slices
   report.cost = read_cost(compiled)
   has_loops = any(_scanned(config, step)) or ' while(' in compiled.as_text()
   if has_loops or (step == 'train' and config.train.grad_accum > 1):
-    report.loops_uncounted = True
     if correct_loops and report.cost:
       try:
         report.cost_unrolled = loop_corrected_cost(config, mesh, step, say,
                                                    report.cost_probes)
-        report.loops_uncounted = False
       except jax.errors.JaxRuntimeError as e:
-        # XLA attention in place of splash can overflow where the real program fits.
+        # Probes gather whole fsdp operands (no windowed einsums): they can overflow HBM
+        # where the real program fits.
         if not is_out_of_memory(e):
           raise
         report.probe_error = f'a cost probe overflowed HBM: {_first_lines(e)}'
+    report.loops_uncounted = not report.cost_unrolled
   return report
 
 

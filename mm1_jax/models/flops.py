@@ -78,6 +78,6 @@ def model_flops_per_sequence(config, num_images: float | None = None) -> float:
   return 3.0 * forward
 
 
-__all__ = ['model_flops_per_sequence', 'decoder_forward_flops', 'decoder_attention_flops', 'inactive_expert_params',
-           'moe_layer_counts', 'vit_forward_flops',
+__all__ = ['model_flops_per_sequence', 'decoder_forward_flops', 'decoder_attention_flops',
+           'inactive_expert_params', 'moe_layer_counts', 'vit_forward_flops',
            'connector_forward_flops', 'outputs_class_token']
