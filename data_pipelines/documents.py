@@ -17,13 +17,14 @@ strings and images at inference time; there bad input is the caller's error and 
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Sequence
 from typing import Any, Union
 
 import grain
 import numpy as np
 from PIL import Image, ImageOps
+
+from data_pipelines import images as images_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,21 +51,19 @@ RESIZE_MODES = ('crop', 'pad')
 
 
 def load_image(image: Image.Image | np.ndarray | bytes, image_size: int,
-               resize: str = 'crop') -> np.ndarray:
+               resize: str = 'crop', *,
+               max_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
   """Decodes and fits an image to uint8 [S, S, 3].
 
   resize='crop': shorter side resized to S, centre crop (drops the margins of the longer
   side); resize='pad': longer side resized to S, centred on black (keeps the whole image).
+  max_pixels: encoded bytes whose header says more pixels are refused before decoding.
 
-  Raises ValueError (or PIL's OSError) when the bytes are not a complete image.
+  Raises ValueError (`images.ImageError`, with a `reason`, for encoded bytes) when the
+  input is not a usable image.
   """
   if isinstance(image, (bytes, bytearray, memoryview)):
-    if not image:
-      raise ValueError('empty image bytes')
-    pil = Image.open(io.BytesIO(bytes(image)))
-    # Lets JPEG decode at a reduced scale that still covers image_size: much faster.
-    pil.draft('RGB', (image_size, image_size))
-    pil.load()  # Forces the full decode so that truncated files fail here.
+    pil = images_lib.open_image(bytes(image), max_pixels=max_pixels, draft_size=image_size)
   elif isinstance(image, np.ndarray):
     array = image
     if array.ndim == 2:

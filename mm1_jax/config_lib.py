@@ -12,6 +12,8 @@ import re
 
 import ml_collections
 
+from data_pipelines import images as images_lib
+
 
 class ConfigError(ValueError):
   """A configuration key has a wrong value; the message names the key."""
@@ -66,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.packing = 'fill'
   c.data.min_piece_tokens = 8  # 'fill' makes no piece shorter (except in an empty row)
   c.data.shards = 0  # logical input shards (0: the process count); fixes the row stream
+  # Images whose width x height exceeds this are skipped before decoding (at import and in
+  # training); data_pipelines/images.py. 0 disables the bound.
+  c.data.max_image_pixels = images_lib.DEFAULT_MAX_IMAGE_PIXELS
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -261,6 +266,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(data.seq_len > conn.num_tokens + 2, 'data.seq_len',
            f'{data.seq_len} cannot hold one image run of {conn.num_tokens} tokens and text')
   _require(data.num_workers >= 0, 'data.num_workers', 'must be >= 0')
+  max_pixels = data.get('max_image_pixels', 0)
+  _require(_is_int(max_pixels) and max_pixels >= 0, 'data.max_image_pixels',
+           f'must be an integer >= 0 (0: no bound), got {max_pixels!r}')
 
   train = config.train
   opt = train.optimizer
