@@ -48,7 +48,7 @@ def _load(root, *parts):
 def test_layout(world):
   for kind in sources.KINDS:
     assert len(sources.open_source(os.path.join(world, kind), kind)) > 0
-  for path in ('tokenizer/spm.model', 'world.json', 'COMPLETE',
+  for path in ('tokenizer/spm.model', 'world.json', 'COMPLETE', '.mm1_synthetic_world',
                'eval/coco/annotations/captions_val.json',
                'eval/coco/annotations/captions_support.json',
                'eval/vqav2/v2_OpenEnded_mscoco_val_questions.json',
@@ -56,7 +56,8 @@ def test_layout(world):
                'eval/vqav2/v2_OpenEnded_mscoco_support_questions.json',
                'eval/vqav2/v2_mscoco_support_annotations.json'):
     assert os.path.isfile(os.path.join(world, path)), path
-  assert synthetic.is_complete(world)
+  assert synthetic.is_complete(world) and synthetic.has_owner_marker(world)
+  assert set(os.listdir(world)) == synthetic.WORLD_ENTRIES
   info = synthetic.read_world(world)
   assert info['seed'] == 3
   assert info['counts'] == synthetic.scaled_counts(SCALE)
@@ -170,27 +171,103 @@ def test_generate_refuses_non_empty_dir(tmp_path):
     synthetic.generate(str(tmp_path), scale=SCALE)
 
 
-def test_ensure_generates_once_and_replaces_incomplete(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def small_generate(monkeypatch):
+  """Counts the worlds generated (at the test scale) through `synthetic.generate`."""
   calls = []
   real_generate = synthetic.generate
 
-  def small_generate(out_dir, seed=0, *, scale=1.0):
+  def generate(out_dir, seed=0, *, scale=1.0):
     calls.append(out_dir)
     real_generate(out_dir, seed, scale=SCALE)
 
-  monkeypatch.setattr(synthetic, 'generate', small_generate)
+  monkeypatch.setattr(synthetic, 'generate', generate)
+  return calls
+
+
+def test_ensure_generates_once_and_replaces_incomplete(tmp_path, small_generate, capsys):
   root = str(tmp_path / 'cache' / 'synthetic')
-  os.makedirs(root)
-  (tmp_path / 'cache' / 'synthetic' / 'half-written').write_text('x')  # no COMPLETE
+  os.makedirs(os.path.join(root, 'captions'))
+  # What a killed `generate` leaves: its marker first, some entries, no COMPLETE.
+  with open(os.path.join(root, synthetic.OWNER_MARKER), 'w') as f:
+    json.dump({'generator': synthetic.GENERATOR, 'seed': 1}, f)
+  (tmp_path / 'cache' / 'synthetic' / 'captions' / 'half-written').write_text('x')
   assert synthetic.ensure(root, seed=1) == root
-  assert synthetic.is_complete(root) and not os.path.exists(os.path.join(root, 'half-written'))
+  assert synthetic.is_complete(root) and synthetic.has_owner_marker(root)
+  assert not os.path.exists(os.path.join(root, 'captions', 'half-written'))
   printed = capsys.readouterr().out
   assert 'Generating' in printed and root in printed
   assert synthetic.ensure(root, seed=1) == root
-  assert len(calls) == 1
+  assert len(small_generate) == 1
   assert sorted(os.listdir(tmp_path / 'cache')) == ['synthetic']  # no temp dirs left
   with pytest.raises(ValueError, match='seed'):
     synthetic.ensure(root, seed=2)
+
+
+def test_ensure_fills_an_empty_directory_in_place(tmp_path, small_generate):
+  root = tmp_path / 'empty'
+  root.mkdir()
+  inode = root.stat().st_ino
+  synthetic.ensure(str(root), seed=0)
+  assert synthetic.is_complete(root) and root.stat().st_ino == inode
+  assert os.listdir(tmp_path) == ['empty']
+
+
+def _snapshot(directory) -> dict:
+  """{relative path: bytes} of every file below `directory`."""
+  files = {}
+  for parent, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(parent, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, directory)] = f.read()
+  return files
+
+
+def _user_directory(path):
+  """A directory of the user's own: a source-like tree and a notes file."""
+  (path / 'captions').mkdir(parents=True)
+  (path / 'captions' / 'shard-0.tar').write_bytes(bytes(range(256)) * 4)
+  (path / 'notes.txt').write_text('my own notes\n')
+  return _snapshot(path)
+
+
+@pytest.mark.parametrize('call', [
+    lambda root: synthetic.ensure(root),
+    lambda root: synthetic.generate_atomically(root),
+    lambda root: synthetic.generate_atomically(root, replace=True),
+])
+def test_a_directory_with_user_files_is_refused_untouched(tmp_path, small_generate, call):
+  root = tmp_path / 'mydata'
+  before = _user_directory(root)
+  with pytest.raises(synthetic.NotASyntheticWorld, match=r"mydata.*'captions', 'notes\.txt'"):
+    call(str(root))
+  assert _snapshot(root) == before  # every file still there, byte for byte
+  assert sorted(os.listdir(root)) == ['captions', 'notes.txt']
+  assert os.listdir(tmp_path) == ['mydata'] and not small_generate
+
+
+def test_a_synthetic_world_holding_a_user_file_is_refused(tmp_path, small_generate):
+  root = tmp_path / 'world'
+  root.mkdir()
+  with open(root / synthetic.OWNER_MARKER, 'w') as f:
+    json.dump({'generator': synthetic.GENERATOR}, f)
+  (root / 'mine.txt').write_text('mine')
+  with pytest.raises(synthetic.NotASyntheticWorld, match="also holds 'mine.txt'"):
+    synthetic.ensure(str(root))
+  assert (root / 'mine.txt').read_text() == 'mine' and not small_generate
+
+
+def test_an_empty_root_is_refused_and_the_current_directory_untouched(
+    tmp_path, monkeypatch, small_generate):
+  before = _user_directory(tmp_path)
+  monkeypatch.chdir(tmp_path)
+  for call in (synthetic.ensure, synthetic.generate_atomically):
+    for root in ('', '  '):
+      with pytest.raises(ValueError, match='empty path'):
+        call(root)
+  assert _snapshot(tmp_path) == before and not small_generate
+  assert sorted(os.listdir(tmp_path)) == ['captions', 'notes.txt']
 
 
 def test_racing_generators_both_succeed(tmp_path):
