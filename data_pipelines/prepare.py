@@ -5,7 +5,9 @@ arguments to its own parser and a function that runs it. A new importer (webdata
 coco, interleaved, text, tokenizer, inspect) is one more entry in `COMMANDS`.
 
 User errors (a missing file, an existing output, a bad value) print one line naming the
-thing and exit with status 1; argparse's own usage errors exit with status 2.
+thing and exit with status 1; argparse's own usage errors exit with status 2, and so do
+config mistakes (`inspect`: a config that does not load, a ConfigError naming the key),
+as at the other entry points.
 """
 
 import argparse
@@ -19,6 +21,10 @@ PROG = 'python -m data_pipelines.prepare'
 
 class UserError(Exception):
   """An error caused by the command's input, reported without a traceback."""
+
+
+class ConfigMistake(UserError):
+  """A config that does not load or cannot work; exit status 2 (a usage error)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,16 +55,18 @@ def _add_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--scale', type=_positive_float, default=1.0,
                       help='multiplies every count; small values for quick looks and tests')
   parser.add_argument('--force', action='store_true',
-                      help='replace DIR if it already holds data')
+                      help='replace the synthetic world already in DIR (never anything else)')
 
 
 def _run_synthetic(args: argparse.Namespace) -> None:
   from data_pipelines import synthetic  # pylint: disable=import-outside-toplevel
+  # Anything but a missing or empty directory or a synthetic world is refused, --force or
+  # not, and so is an empty --out (it would be the current directory).
+  synthetic.check_can_generate_into(args.out)
   out = os.path.abspath(args.out)
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise UserError(f'--out {args.out!r} exists and is not a directory.')
-  if os.path.isdir(out) and os.listdir(out) and not args.force:
-    raise UserError(f'--out {args.out!r} already holds data; pass --force to replace it.')
+  if synthetic.is_complete(out) and not args.force:
+    raise UserError(f'--out {args.out!r} already holds a complete synthetic world; pass '
+                    '--force to replace it.')
   synthetic.generate_atomically(out, args.seed, scale=args.scale, replace=True)
   print(f'Wrote the synthetic world (seed {args.seed}, scale {args.scale}) to {out}')
 
@@ -160,12 +168,32 @@ def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--json', action='store_true', help='print one JSON object')
 
 
+def _config_file_error(error: BaseException) -> str:
+  """One line for an error a config file raised (ml_collections nests a locked config's
+  KeyError, whose message lists every other field, in an AttributeError)."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+  lines = text.splitlines() or ['']
+  hints = [line for line in lines[1:] if line.startswith('Did you mean')]
+  return ' '.join([lines[0].partition(' Other fields present')[0], *hints])
+
+
 def _run_inspect(args: argparse.Namespace) -> None:
   import json  # pylint: disable=import-outside-toplevel
   from data_pipelines import inspection  # pylint: disable=import-outside-toplevel
   from mm1_jax import config_lib  # pylint: disable=import-outside-toplevel
-  config = inspection.load_config(args.config)
-  config_lib.validate(config)
+  try:
+    config = inspection.load_config(args.config)
+  except FileNotFoundError as error:
+    raise ConfigMistake(str(error)) from None
+  except (ValueError, KeyError, AttributeError) as error:  # raised by the config file
+    raise ConfigMistake(f'--config {args.config!r}: {_config_file_error(error)}') from None
+  try:
+    config_lib.validate(config)
+    config_lib.check_data(config)  # generates the synthetic world if asked; never over data
+  except config_lib.ConfigError as error:
+    raise ConfigMistake(str(error)) from None
   stats = inspection.measure(config, max(args.rows, 1))
   print(json.dumps(stats) if args.json else inspection.format_table(stats))
 
@@ -203,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
   except (UserError, FileNotFoundError, FileExistsError, NotADirectoryError,
           PermissionError, ValueError) as error:
     print(f'{PROG} {args.command}: error: {error}', file=sys.stderr)
-    return 1
+    return 2 if isinstance(error, ConfigMistake) else 1
   return 0
 
 

@@ -3,11 +3,15 @@
 `base_config()` returns a ConfigDict with every known key; experiment files start from it
 and override values. `validate(config)` checks values and raises `ConfigError` naming the
 offending key, so that a wrong setting fails at start-up and not hours into a run.
+`check_data(config)` is the start-up step of the commands that read data (train, evaluate,
+`prepare inspect`): it checks config.data against the file system, generating the
+synthetic world first when data.synthetic asks for it, and raises `ConfigError` too.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import ml_collections
@@ -187,6 +191,84 @@ def _check_moe(config) -> None:
            f'{expert} shards do not divide model.moe.num_experts={moe.num_experts}')
 
 
+def _root_is_empty(data) -> bool:
+  root = data.get('root', '')
+  return not (isinstance(root, str) and root.strip())
+
+
+def _check_synthetic_root(data) -> None:
+  _require(not (data.get('synthetic', False) and _root_is_empty(data)), 'data.root',
+           'is empty, but data.synthetic=True generates the synthetic world into it (an empty '
+           'root would be the current directory); name a directory of its own, e.g. '
+           '--config.data.root=~/.cache/mm1_jax/synthetic-v1')
+
+
+def _is_relative(path: str) -> bool:
+  path = os.path.expanduser(path)
+  return not (os.path.isabs(path) or '://' in path)
+
+
+def _check_root(config, *, sources: bool) -> None:
+  """data.root: set wherever something resolves against it."""
+  data = config.data
+  _check_synthetic_root(data)
+  if not _root_is_empty(data) or not sources:
+    return
+  from data_pipelines import grain_pipeline  # late: heavy, and only commands that read data
+  relative = [(f'data.sources.{name}.path', data.sources[name].path)
+              for name in grain_pipeline.source_names(config)]
+  if data.get('tokenizer'):
+    relative.append(('data.tokenizer', data.tokenizer))
+  relative = [(key, path) for key, path in relative if _is_relative(path)]
+  named = ', '.join(f'config.{key}={path!r}' for key, path in relative[:2])
+  _require(not relative, 'data.root',
+           f'is empty, but relative paths resolve against it ({named}); set '
+           '--config.data.root=DIR')
+
+
+def _check_sources(config) -> None:
+  """Every source with a weight > 0 is a directory holding a source of its kind."""
+  from data_pipelines import grain_pipeline, sources as sources_lib  # late: heavy
+  for name in grain_pipeline.source_names(config):
+    spec = config.data.sources[name]
+    key = f'data.sources.{name}'
+    path = grain_pipeline.resolve_path(config, spec.path)
+    _require(os.path.isdir(path), f'{key}.path', f'directory {path} does not exist')
+    try:
+      sources_lib.open_source(path, spec.kind)
+    except FileNotFoundError as error:
+      raise ConfigError(f'config.{key}.path: {error}') from None
+    except ValueError as error:  # a source of another kind is there
+      raise ConfigError(f'config.{key}.kind: {spec.kind!r}, but {error}') from None
+
+
+def check_data(config: ml_collections.ConfigDict, *, sources: bool = True) -> None:
+  """The start-up step of the commands that read data; raises ConfigError naming the key.
+
+  data.root must be set where something resolves against it (data.synthetic; with
+  `sources`, relative source and tokenizer paths). With data.synthetic the synthetic world
+  is generated into data.root unless complete there; only a missing or empty directory or
+  an unfinished synthetic world is ever written (data_pipelines/synthetic.py), anything
+  else fails untouched. Else data.root must exist. With `sources`, every source with a
+  weight > 0 must hold a source of its configured kind. Cheap: nothing is read.
+  """
+  _check_root(config, sources=sources)
+  root = os.path.expanduser(config.data.root)
+  if config.data.get('synthetic', False):
+    from data_pipelines import synthetic  # late: only when asked for
+    try:
+      synthetic.ensure(root, seed=0)
+    except synthetic.NotASyntheticWorld as error:
+      raise ConfigError(f'config.data.root: {error} Or set data.synthetic=False to use '
+                        'the sources already there.') from None
+    except (NotADirectoryError, ValueError) as error:  # ValueError: another seed's world
+      raise ConfigError(f'config.data.root: {error}') from None
+  elif root:
+    _require(os.path.isdir(root), 'data.root', f'directory {root} does not exist')
+  if sources:
+    _check_sources(config)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first key whose value cannot work."""
   for key in ('model.vit.image_size', 'model.vit.patch_size', 'model.vit.width',
@@ -269,6 +351,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   max_pixels = data.get('max_image_pixels', 0)
   _require(_is_int(max_pixels) and max_pixels >= 0, 'data.max_image_pixels',
            f'must be an integer >= 0 (0: no bound), got {max_pixels!r}')
+  _check_synthetic_root(data)
 
   train = config.train
   opt = train.optimizer

@@ -7,6 +7,10 @@ own config.json. Writes DIR/eval/step_N.json and DIR/eval/step_N.md (tasks x sho
 appends {'step': N, 'eval/<task>/<k>shot': score, ...} to DIR/metrics.jsonl and prints
 the table. Scores: CIDEr x 100 for captioning, VQA accuracy in percent.
 
+A config mistake (an unknown `--config.KEY`, a value that does not parse or cannot work, an
+empty or foreign data.root) ends in one line naming the key on stderr and exit status 2,
+before the model is loaded (mm1_jax/cli.py).
+
 Example (the tiny model of the README, on the synthetic evaluation sets):
 
     python -m mm1_jax.evaluate --config=experiments/tiny.py --workdir=/tmp/mm1_tiny \\
@@ -16,10 +20,11 @@ Example (the tiny model of the README, on the synthetic evaluation sets):
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mm1_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config (FILE.py or FILE.py:variant); its eval section and '
@@ -71,28 +76,25 @@ def evaluation_config(workdir_config, flag_config):
   return config
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def evaluate_command(workdir: str, flag_config=None, *, step: int | None = None,
+                     tasks=None, shots=None) -> None:
+  """Evaluates `workdir`: start-up checks first; a mistake calls `cli.fail`."""
   logging.set_verbosity(logging.WARNING)
+  from mm1_jax import api
   from mm1_jax import config_lib
   from mm1_jax.eval import evaluator
   from mm1_jax.eval import tasks as tasks_lib
   from mm1_jax.train import logging_lib
 
-  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
-    workdir_config, module, tokenizer, step = load_for_evaluation(workdir, _STEP.value)
-    config = evaluation_config(workdir_config, _CONFIG.value)
-    if config.data.get('synthetic'):
-      from data_pipelines import synthetic
-      synthetic.ensure(os.path.expanduser(config.data.root))
+    config = evaluation_config(api.load_config(workdir), flag_config)
+    config_lib.check_data(config, sources=False)  # before the model is loaded
+    _, module, tokenizer, step = load_for_evaluation(workdir, step)
     scores = evaluator.evaluate_model(
-        config, module, tokenizer, step, workdir,
-        tasks=_TASKS.value, shots=_parse_shots(_SHOTS.value))
+        config, module, tokenizer, step, workdir, tasks=tasks, shots=_parse_shots(shots))
   except (config_lib.ConfigError, tasks_lib.TaskError, FileNotFoundError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(error)
   writer = logging_lib.MetricWriter(workdir, tensorboard=False)
   try:
     writer.write(step, scores)
@@ -102,9 +104,16 @@ def main(argv) -> None:
     print(f.read(), end='')
 
 
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  evaluate_command(_WORKDIR.value, _CONFIG.value, step=_STEP.value, tasks=_TASKS.value,
+                   shots=_SHOTS.value)
+
+
 def run() -> None:
   """Console-script entry point (`mm1-evaluate`)."""
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':

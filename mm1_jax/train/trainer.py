@@ -87,13 +87,9 @@ def _write_json_atomic(path: str, payload: str) -> None:
 
 
 def prepare_data(config) -> None:
-  """Makes sure the configured data exists (generating the synthetic world if asked)."""
-  root = os.path.expanduser(config.data.root)
-  if config.data.synthetic:
-    from data_pipelines import synthetic
-    synthetic.ensure(root, seed=0)
-  elif root and not os.path.isdir(root):
-    raise FileNotFoundError(f'config.data.root: directory {root} does not exist')
+  """Makes sure the configured data exists (generating the synthetic world if asked) and
+  matches the config: `config_lib.check_data`, which raises ConfigError naming the key."""
+  config_lib.check_data(config)
 
 
 def check_tokenizer(config, tokenizer) -> None:
