@@ -1,5 +1,7 @@
 """Start-up validation names the config key that is wrong."""
 
+import os
+
 import pytest
 
 from experiments import tiny
@@ -93,3 +95,56 @@ def test_bad_moe_value_names_its_key(key, value, named):
   target[leaf] = value
   with pytest.raises(config_lib.ConfigError, match=named.replace('.', r'\.')):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize('root', ['', '  '])
+def test_empty_data_root_is_rejected_when_the_synthetic_world_goes_there(root):
+  config = tiny.get_config()
+  config.data.root = root
+  with pytest.raises(config_lib.ConfigError, match=r'config\.data\.root: is empty'):
+    config_lib.validate(config)
+  config.data.synthetic = False  # pod configs: data.root comes from the command line
+  config_lib.validate(config)
+
+
+def _real_data_config(synthetic_root):
+  config = tiny.get_config('smoke')
+  config.data.root, config.data.synthetic = synthetic_root, False
+  return config
+
+
+def test_check_data_accepts_the_synthetic_world(synthetic_root):
+  config_lib.check_data(_real_data_config(synthetic_root))
+
+
+def test_check_data_empty_root_with_relative_paths(synthetic_root):
+  config = _real_data_config(synthetic_root)
+  config.data.root = ''
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config\.data\.root: is empty.*config\.data\.sources\.captions\.path"):
+    config_lib.check_data(config)
+  for name in config.data.sources:  # absolute paths need no root
+    config.data.sources[name].path = os.path.join(synthetic_root, name)
+  config.data.tokenizer = os.path.join(synthetic_root, 'tokenizer', 'spm.model')
+  config_lib.check_data(config)
+
+
+@pytest.mark.parametrize('key, value, named', [
+    ('kind', 'interleaved', r'config\.data\.sources\.captions\.kind: .*of kind captions'),
+    ('path', 'nowhere', r'config\.data\.sources\.captions\.path: directory .*nowhere'),
+    ('path', 'tokenizer', r'config\.data\.sources\.captions\.path: No complete captions'),
+])
+def test_check_data_names_the_source_key(synthetic_root, key, value, named):
+  config = _real_data_config(synthetic_root)
+  config.data.sources.captions[key] = value
+  with pytest.raises(config_lib.ConfigError, match=named):
+    config_lib.check_data(config)
+  config.data.weights.captions = 0.0  # a source that is not read is not checked
+  config_lib.check_data(config)
+
+
+def test_check_data_missing_root(tmp_path):
+  config = tiny.get_config()
+  config.data.root, config.data.synthetic = str(tmp_path / 'missing'), False
+  with pytest.raises(config_lib.ConfigError, match=r'config\.data\.root: directory .*missing'):
+    config_lib.check_data(config, sources=False)

@@ -1,9 +1,10 @@
-"""make_mesh: axis order, -1 fill, and errors naming config.mesh."""
+"""make_mesh: axis order, -1 fill, and ConfigErrors naming config.mesh."""
 
 import jax
 import pytest
 
-from mm1_jax.parallel.mesh import MESH_AXES, make_mesh
+from mm1_jax.config_lib import ConfigError
+from mm1_jax.parallel.mesh import MESH_AXES, make_mesh, mesh_shape
 
 
 def test_axes_and_explicit_sizes():
@@ -33,5 +34,8 @@ def test_subset_of_devices():
     dict(data=-1, fsdp=-1, tensor=1, expert=1),  # two fills
 ])
 def test_mismatch_raises_naming_config_mesh(sizes):
-  with pytest.raises(ValueError, match=r'config\.mesh.*data='):
+  # A ConfigError: the entry points print it as one line and exit 2 (tests/test_cli_errors.py).
+  with pytest.raises(ConfigError, match=r'config\.mesh.*data='):
     make_mesh(sizes)
+  with pytest.raises(ConfigError, match=r'config\.mesh.*data='):
+    mesh_shape(sizes, 8)
