@@ -31,12 +31,14 @@ def fail(message) -> NoReturn:
   sys.exit(EXIT_CONFIG_ERROR)
 
 
-def _one_line(text: str) -> str:
+def _lines(text) -> list[str]:
+  return [line.strip() for line in str(text).splitlines() if line.strip()] or ['']
+
+
+def _one_line(text) -> str:
   """The first and the last line of a multi-line message (a traceback's last is the error)."""
-  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-  if len(lines) <= 1:
-    return ''.join(lines)
-  return f'{lines[0]} {lines[-1]}'
+  lines = _lines(text)
+  return lines[0] if len(lines) == 1 else f'{lines[0]} {lines[-1]}'
 
 
 def _missing_key(error: BaseException) -> tuple[str, str] | None:
@@ -79,7 +81,7 @@ def _check_config_files_loaded(flag_values: flags.FlagValues) -> None:
       try:
         flag.value.keys  # pylint: disable=pointless-statement
       except OSError as error:
-        fail(f'--{name}: cannot load the config file: {_one_line(error)}')
+        fail(f'--{name}: cannot load the config file: {_lines(error)[-1]}')
 
 
 def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
@@ -92,7 +94,7 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   except flags.Error as error:  # a value that does not parse, an unknown flag, a bad config
     fail(_one_line(error))
   except OSError as error:  # a config file that cannot be loaded, with overrides
-    fail(f'cannot load the config file: {_one_line(error)}')
+    fail(f'cannot load the config file: {_lines(error)[-1]}')
   except (KeyError, AttributeError) as error:  # an override of an unknown key
     message = _unknown_override(argv, error)
     if message is None:

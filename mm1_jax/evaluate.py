@@ -7,9 +7,9 @@ own config.json. Writes DIR/eval/step_N.json and DIR/eval/step_N.md (tasks x sho
 appends {'step': N, 'eval/<task>/<k>shot': score, ...} to DIR/metrics.jsonl and prints
 the table. Scores: CIDEr x 100 for captioning, VQA accuracy in percent.
 
-A config mistake (an unknown `--config.KEY`, a value that does not parse or cannot work, an
-empty or foreign data.root) ends in one line naming the key on stderr and exit status 2,
-before the model is loaded (mm1_jax/cli.py).
+A config mistake (an unknown --config.KEY, a value that does not parse or cannot work, a
+data.root that is empty or holds files the synthetic world generator did not write) prints
+one line naming the key and exits with status 2, before the model is loaded.
 
 Example (the tiny model of the README, on the synthetic evaluation sets):
 

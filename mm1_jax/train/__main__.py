@@ -1,10 +1,9 @@
 """`python -m mm1_jax.train --config=experiments/tiny.py --workdir=DIR [--config.a.b=v ...]`.
 
-A config mistake (an unknown `--config.KEY`, a value that does not parse or cannot work, a
-mesh that does not fit the devices, data that does not match data.sources) ends in one
-line naming the key on stderr and exit status 2, before any data or model work where it
-can be known then (mm1_jax/cli.py). The flags are defined when the command runs, so that
-importing this module (tests: `train_command`) defines none.
+A config mistake (an unknown --config.KEY, a value that does not parse or cannot work, a
+mesh that does not fit the devices, a data.root that is empty or holds files the synthetic
+world generator did not write, a source whose kind does not match its data) prints one
+line naming the key and exits with status 2, before any data or model work.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ _FLAGS = {}  # name -> FlagHolder, filled by define_flags()
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the command's flags; `run` calls it, so importing this module defines none
+  (tests import `train_command` beside mm1_jax.evaluate, which has flags of the same names)."""
   _FLAGS['config'] = config_flags.DEFINE_config_file(
       'config', None, 'Experiment config file (FILE.py or FILE.py:variant).', lock_config=True,
       flag_values=flag_values)
