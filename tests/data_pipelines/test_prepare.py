@@ -59,3 +59,22 @@ def test_out_is_a_file(tmp_path, capsys):
   path.write_text('x')
   assert prepare.main(['synthetic', '--out', str(path), '--scale', '0.01']) == 1
   assert str(path.name) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('force', [[], ['--force']])
+def test_synthetic_never_replaces_a_users_directory(tmp_path, capsys, force):
+  (tmp_path / 'mine').mkdir()
+  (tmp_path / 'mine' / 'notes.txt').write_bytes(b'mine\x00')
+  assert prepare.main(['synthetic', '--out', str(tmp_path / 'mine'), '--scale', '0.01',
+                       *force]) == 1
+  assert "'notes.txt'" in capsys.readouterr().err
+  assert os.listdir(tmp_path / 'mine') == ['notes.txt']
+  assert (tmp_path / 'mine' / 'notes.txt').read_bytes() == b'mine\x00'
+
+
+def test_synthetic_refuses_an_empty_out(tmp_path, monkeypatch, capsys):
+  (tmp_path / 'notes.txt').write_text('mine')
+  monkeypatch.chdir(tmp_path)
+  assert prepare.main(['synthetic', '--out', '', '--scale', '0.01']) == 1
+  assert 'empty path' in capsys.readouterr().err
+  assert os.listdir(tmp_path) == ['notes.txt']
