@@ -250,7 +250,8 @@ def check_data(config: ml_collections.ConfigDict, *, sources: bool = True) -> No
   is generated into data.root unless complete there; only a missing or empty directory or
   an unfinished synthetic world is ever written (data_pipelines/synthetic.py), anything
   else fails untouched. Else data.root must exist. With `sources`, every source with a
-  weight > 0 must hold a source of its configured kind. Cheap: nothing is read.
+  weight > 0 must hold a source of its configured kind. Cheap once the data is there: no
+  record is read.
   """
   _check_root(config, sources=sources)
   root = os.path.expanduser(config.data.root)
