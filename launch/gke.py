@@ -45,7 +45,7 @@ def check(args: argparse.Namespace) -> None:
   validate.all_text(args)
   validate.at_least('--slices', args.slices, 1)
   validate.at_least('--max-restarts', args.max_restarts, 0)
-  tpu = topology.parse(args.tpu_type)
+  tpu = validate.tpu_type('--tpu-type', args.tpu_type)
   validate.dns_label('--name', args.name, max_length=max_name_length(tpu, args.slices),
                      why=f' for {args.slices} slice(s) of {tpu.hosts} host(s) (pods are named '
                          f'NAME-{JOB_NAME}-J-P-xxxxx, at most 63 characters)')

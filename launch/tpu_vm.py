@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
   for action in ACTIONS:
     p = sub.add_parser(action)
     p.add_argument('--name', required=True, help='TPU VM (or queued resource) name')
-    p.add_argument('--zone', required=True)
+    p.add_argument('--zone', required=True, help='e.g. us-east5-a')
     p.add_argument('--type', required=True, help='accelerator type, e.g. v5p-64')
     p.add_argument('--project', default='')
     p.add_argument('--slices', type=int, default=1, help='number of slices (multislice)')
@@ -163,9 +163,9 @@ def check(args: argparse.Namespace) -> None:
                      why=f' with --slices={args.slices} (the nodes are named NAME{suffix})'
                      if suffix else '')
   validate.dns_label('--zone', args.zone)
+  validate.tpu_type('--type', args.type)
   if getattr(args, 'log', None) == '':
     raise validate.LaunchError('--log: empty; give a file name such as mm1-train.log')
-  topology.parse(args.type)
 
 
 def _execute(commands: Sequence[Sequence[str]], *, parallel: bool) -> int:

@@ -26,6 +26,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
+from launch import topology
+
 # Unicode categories refused anywhere: controls (C0, DEL, C1), invisible format characters
 # (e.g. U+202E, which reverses how a printed command reads) and line/paragraph separators.
 _REFUSED_CATEGORIES = ('Cc', 'Cf', 'Zl', 'Zp')
@@ -137,6 +139,15 @@ def sbatch_directive_value(flag: str, value: str) -> str:
                       f'directive (sbatch splits on whitespace and treats quotes, '
                       f"backslashes and '#' specially); choose a path without it")
   return value
+
+
+def tpu_type(flag: str, value: str):
+  """The parsed `topology.TpuSlice` of an accelerator type, errors naming the flag."""
+  text(flag, value)
+  try:
+    return topology.parse(value)
+  except ValueError as e:
+    raise LaunchError(f'{flag}: {e}') from None
 
 
 def at_least(flag: str, value: int, minimum: int) -> int:
