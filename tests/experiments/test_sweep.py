@@ -4,6 +4,7 @@ parsed, and the tpu_vm one run on a fake worker (tests/launch/fake_worker.py).""
 import csv
 import os
 import shlex
+import time
 
 import pytest
 
@@ -92,8 +93,13 @@ def test_tpu_vm_runs_the_variants_one_after_another_each_with_its_own_log(
   fake_worker.bash_syntax_ok(fake_worker.inner_script(remote))
 
   worker = fake_worker.FakeWorker(tmp_path)
+  worker.hold.touch()  # the trainings last until the hold file goes
   result = worker.run(remote)
   assert result.returncode == 0, result.stderr
+  worker.wait_for(lambda: worker.records(), 'the first training to start')
+  time.sleep(0.5)
+  assert len(worker.records()) == 1  # the second waits for the first
+  worker.hold.unlink()
   sweep_log = worker.home / 'mm1-sweeps' / 'text_share' / 'sweep.log'
   worker.wait_for(lambda: '[2/2] half_text: finished' in sweep_log.read_text(),
                   'the sequence to end')
