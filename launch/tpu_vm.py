@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
       command.add_train_arguments(p)
     if action in ('run', 'logs'):
       p.add_argument('--log', default=tpu_vm_shell.DEFAULT_LOG,
-                     help='log file on every worker, under the home directory unless absolute '
-                          f'(default {tpu_vm_shell.DEFAULT_LOG})')
+                     help='log file on every worker: absolute, or under the home directory '
+                          f'(with or without ~/); default {tpu_vm_shell.DEFAULT_LOG}')
     if action == 'logs':
       p.add_argument('--no-follow', action='store_true',
                      help='print the logs as they are and stop (default: follow them)')

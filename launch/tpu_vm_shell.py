@@ -53,14 +53,14 @@ class Training:
 
 
 def home_path(path: str) -> str:
-  """`path` as one shell word: relative paths under the home directory, quoted."""
+  """`path` as one shell word: relative paths (or ~/...) under the home directory, quoted."""
   if path.startswith('/'):
     return shlex.quote(path)
-  return '~/' + shlex.quote(path)
+  return '~/' + shlex.quote(path.removeprefix('~/'))
 
 
 def _display(path: str) -> str:
-  return path if path.startswith('/') else f'~/{path}'
+  return path if path.startswith('/') else f'~/{path.removeprefix("~/")}'
 
 
 def _mkdir_parent(path: str) -> list[str]:

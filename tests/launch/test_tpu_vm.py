@@ -132,7 +132,7 @@ def test_logs_remote_command_prefixes_every_line(capsys, tmp_path):
 
 def test_logs_follows_a_growing_log(capsys, tmp_path):
   (cmd,) = _commands(capsys, 'logs', '--name=mm1', '--zone=z-a', '--type=v5p-8',
-                     '--log=mm1-sweeps/s/v.log')
+                     '--log=~/mm1-sweeps/s/v.log')
   worker = fake_worker.FakeWorker(tmp_path)
   log = worker.home / 'mm1-sweeps' / 's' / 'v.log'
   log.parent.mkdir(parents=True)
