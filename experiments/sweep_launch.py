@@ -40,7 +40,7 @@ import sys
 from collections.abc import Sequence
 
 from experiments import sweep_lib
-from launch import command, gke, slurm, topology, tpu_vm, tpu_vm_shell, validate
+from launch import command, gke, slurm, tpu_vm, tpu_vm_shell, validate
 
 LAUNCHERS = ('tpu_vm', 'gke', 'slurm')
 SWEEPS_DIR = 'mm1-sweeps'  # on TPU VM workers, under the home directory
@@ -136,7 +136,8 @@ def manifest_plan(sweep: sweep_lib.Sweep, workdir: str, launcher: str,
     probe = gke.build_parser().parse_args(
         [*launcher_args, '--name=probe', f'--config={sweep.config}', f'--workdir={workdir}'])
     validate.at_least('--slices', probe.slices, 1)
-    max_length = gke.max_name_length(topology.parse(probe.tpu_type), probe.slices)
+    max_length = gke.max_name_length(validate.tpu_type('--tpu-type', probe.tpu_type),
+                                     probe.slices)
     names = validate.derive_dns_labels([v.name for v in sweep.variants], prefix=sweep.name,
                                        max_length=max_length)
     name_flags = [f'--name={name}' for name in names]
