@@ -11,7 +11,10 @@ interrupted variant resumes from its own checkpoint). After every variant,
 DIR/results.csv, DIR/results.md and DIR/eval_<task>.png are rewritten.
 
 With --launcher, each variant becomes a job of that launcher (same config file plus the
-variant's overrides as --override); --dry-run prints what would be launched.
+variant's overrides as --override); --dry-run prints what would be launched. With
+--launcher=tpu_vm the variants train one after another on the one VM, each with its own
+log, or each on a VM of its own with --vm-per-variant; see experiments/sweep_launch.py for
+where the logs are and how to follow them.
 """
 
 from __future__ import annotations
@@ -19,15 +22,14 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Sequence
 
+from experiments import sweep_launch
 from experiments import sweep_lib
 from experiments import sweep_report
 
 DONE = 'DONE'
-LAUNCHERS = ('tpu_vm', 'gke', 'slurm')
 
 
 def run_local(sweep: sweep_lib.Sweep, workdir: str) -> list[dict]:
@@ -56,47 +58,6 @@ def write_report(sweep: sweep_lib.Sweep, rows: list[dict], workdir: str) -> list
           + sweep_report.plot(rows, workdir, sweep.swept))
 
 
-def launch_commands(sweep: sweep_lib.Sweep, workdir: str, launcher: str,
-                    launcher_args: Sequence[str]) -> list[list[str]]:
-  """One launcher invocation per variant (tpu_vm: `run`; gke and slurm print a manifest)."""
-  commands = []
-  for variant in sweep.variants:
-    train = [f'--config={sweep.config}', f'--workdir={workdir.rstrip("/")}/{variant.name}']
-    for override in sweep_lib.flatten(sweep.all_overrides(variant)):
-      train += ['--override', override]
-    if launcher == 'tpu_vm':
-      prefix = [sys.executable, '-m', 'launch.tpu_vm', 'run']
-    elif launcher == 'gke':
-      prefix = [sys.executable, '-m', 'launch.gke', f'--name={sweep.name}-{variant.name}'.replace('_', '-')]
-    else:
-      prefix = [sys.executable, '-m', 'launch.slurm', f'--job-name={sweep.name}-{variant.name}']
-    commands.append([*prefix, *launcher_args, *train])
-  return commands
-
-
-def submit(sweep: sweep_lib.Sweep, commands: list[list[str]], launcher: str, *,
-           dry_run: bool) -> int:
-  """tpu_vm commands run as they are; gke and slurm ones write a manifest that is then
-  applied (kubectl) or submitted (sbatch). The manifests stay in ./sweep_<name>_jobs/."""
-  if dry_run:
-    print('\n'.join(shlex.join(cmd) for cmd in commands))
-    return 0
-  if launcher == 'tpu_vm':
-    return max(subprocess.call(cmd) for cmd in commands)
-  jobs_dir = f'sweep_{sweep.name}_jobs'
-  os.makedirs(jobs_dir, exist_ok=True)
-  suffix, submitter = ('yaml', ['kubectl', 'apply', '-f']) if launcher == 'gke' else (
-      'sbatch', ['sbatch'])
-  for variant, cmd in zip(sweep.variants, commands):
-    manifest = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    path = os.path.join(jobs_dir, f'{variant.name}.{suffix}')
-    with open(path, 'w', encoding='utf-8') as f:
-      f.write(manifest)
-    if subprocess.call([*submitter, path]):
-      return 1
-  return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='python -m experiments.sweep', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,9 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--workdir', required=True)
   where = parser.add_mutually_exclusive_group()
   where.add_argument('--local', action='store_true', help='run here, one after another (default)')
-  where.add_argument('--launcher', choices=LAUNCHERS)
+  where.add_argument('--launcher', choices=sweep_launch.LAUNCHERS)
   parser.add_argument('--launcher-args', default='',
                       help="the launcher's own options, e.g. '--zone=Z --type=v5p-64'")
+  parser.add_argument('--vm-per-variant', action='store_true',
+                      help='tpu_vm: each variant on a VM of its own, named NAME-VARIANT '
+                           '(default: all on --name, one after another)')
   parser.add_argument('--dry-run', action='store_true',
                       help='print the variants (or launcher commands) without running them')
   return parser
@@ -122,9 +86,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
   if args.launcher:
-    commands = launch_commands(sweep, args.workdir, args.launcher,
-                               shlex.split(args.launcher_args))
-    return submit(sweep, commands, args.launcher, dry_run=args.dry_run)
+    try:
+      plan = sweep_launch.plan(sweep, args.workdir, args.launcher, args.launcher_args,
+                               vm_per_variant=args.vm_per_variant)
+      if args.dry_run:
+        for line in plan.follow:
+          print(f'follow: {line}', file=sys.stderr)
+        print('\n'.join(shlex.join(cmd) for cmd in plan.commands))
+        return 0
+      return sweep_launch.submit(plan, args.launcher)
+    except ValueError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+  if args.vm_per_variant:
+    print('error: --vm-per-variant: only with --launcher=tpu_vm', file=sys.stderr)
+    return 2
   if args.dry_run:
     for variant in sweep.variants:
       print(f'{variant.name}: {sweep.all_overrides(variant)}')

@@ -10,6 +10,12 @@ pod running the same training command. `jax.distributed.initialize()` finds its 
 the JobSet's pod names; across slices the TPU runtime's multislice layer (megascale) is
 pointed at the first pod of the first slice. The image must contain mm1-jax installed with
 the `tpu` extra.
+
+The container runs the training command as an argument list (no shell reads it). Every
+value is checked first, and a bad one is a one-line error naming the flag (exit status 2):
+no value may hold a newline or other control character; --name is a DNS label short
+enough for the names JobSet derives from it (jobs NAME-slice-J, pods
+NAME-slice-J-P-xxxxx, at most 63 characters each); --image holds no whitespace.
 """
 
 from __future__ import annotations
@@ -20,10 +26,32 @@ from collections.abc import Sequence
 
 import yaml
 
-from launch import command, topology
+from launch import command, topology, validate
 
 JOB_NAME = 'slice'
 COORDINATOR_PORT = 8080
+# Kubernetes appends '-' and 5 random characters to a job's pod names.
+_POD_SUFFIX = '-xxxxx'
+
+
+def max_name_length(tpu: topology.TpuSlice, slices: int) -> int:
+  """The longest JobSet name whose longest pod name is still a 63-character DNS label."""
+  longest_pod = f'-{JOB_NAME}-{slices - 1}-{tpu.hosts - 1}{_POD_SUFFIX}'
+  return validate.DNS_LABEL_MAX - len(longest_pod)
+
+
+def check(args: argparse.Namespace) -> None:
+  """Every value, before the manifest is built; raises ValueError naming the flag."""
+  validate.all_text(args)
+  validate.at_least('--slices', args.slices, 1)
+  validate.at_least('--max-restarts', args.max_restarts, 0)
+  tpu = validate.tpu_type('--tpu-type', args.tpu_type)
+  validate.dns_label('--name', args.name, max_length=max_name_length(tpu, args.slices),
+                     why=f' for {args.slices} slice(s) of {tpu.hosts} host(s) (pods are named '
+                         f'NAME-{JOB_NAME}-J-P-xxxxx, at most 63 characters)')
+  if not args.image or any(c.isspace() for c in args.image):
+    raise validate.LaunchError(f'--image {args.image!r}: expected an image reference without '
+                               f'whitespace, e.g. us-docker.pkg.dev/PROJECT/REPO/mm1-jax:TAG')
 
 
 def _env(name: str, slices: int) -> list[dict]:
@@ -45,7 +73,7 @@ def jobset(args: argparse.Namespace) -> dict:
   container = {
       'name': 'train',
       'image': args.image,
-      'command': ['bash', '-c', command.train_shell(args, python='python3')],
+      'command': command.train_argv(args.config, args.workdir, args.override, python='python3'),
       'env': _env(args.name, args.slices),
       'ports': [{'containerPort': 8471}, {'containerPort': COORDINATOR_PORT}],
       'resources': {'limits': {'google.com/tpu': tpu.chips_per_host}},
@@ -101,16 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def render(argv: Sequence[str]) -> str:
+  """The JobSet YAML for a command line; raises ValueError (naming the flag) on bad values."""
   args = build_parser().parse_args(argv)
+  check(args)
+  return yaml.safe_dump(jobset(args), sort_keys=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
   try:
-    if args.slices < 1:
-      raise ValueError('--slices must be >= 1')
-    manifest = jobset(args)
+    manifest = render(sys.argv[1:] if argv is None else argv)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False))
+  sys.stdout.write(manifest)
   return 0
 
 

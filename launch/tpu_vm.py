@@ -4,29 +4,33 @@
     python -m launch.tpu_vm setup  --name=mm1 --zone=us-east5-a --type=v5p-64 [--source=.]
     python -m launch.tpu_vm run    --name=mm1 --zone=us-east5-a --type=v5p-64 \
         --config=experiments/mm1_3b.py --workdir=gs://bucket/mm1_3b [--override train.steps=1000]
-    python -m launch.tpu_vm logs   --name=mm1 --zone=us-east5-a --type=v5p-64
+    python -m launch.tpu_vm logs   --name=mm1 --zone=us-east5-a --type=v5p-64 [--no-follow]
     python -m launch.tpu_vm delete --name=mm1 --zone=us-east5-a --type=v5p-64
 
 Every subcommand takes --dry-run, which prints the gcloud commands instead of running them.
 `setup` copies the local source tree to every worker and installs it with the `tpu` extra;
 `run` starts the same training command on every worker in the background (each host's
-`jax.distributed.initialize()` finds the others); `logs` follows every worker's log, each
-line prefixed by its worker. With --slices > 1 a multislice run is created as a queued
-resource of several nodes.
+`jax.distributed.initialize()` finds the others), appending its output to ~/mm1-train.log
+(--log), and refuses to start while a training it started still runs there; `logs` prints
+every worker's log from its start and follows it, each line prefixed by `[NODE/WORKER] `
+(--log picks another log: an experiments.sweep variant logs to
+mm1-sweeps/SWEEP/VARIANT.log, the sweep's progress to mm1-sweeps/SWEEP/sweep.log).
+With --slices > 1 a multislice run is created as a queued resource of several nodes.
+
+Every value is checked before anything runs (names are DNS labels, no value holds a
+control character) and shell-quoted where the worker's shell reads it; a bad one is a
+one-line error naming the flag, exit status 2. The remote shell is built in
+`launch.tpu_vm_shell`.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
 
-from launch import command, topology
-
-REMOTE_DIR = '~/mm1-jax'
-REMOTE_LOG = '~/mm1-train.log'
+from launch import command, topology, tpu_vm_shell, validate
 
 
 def _common(args) -> list[str]:
@@ -67,21 +71,28 @@ def create_commands(args) -> list[list[str]]:
 
 
 def setup_commands(args) -> list[list[str]]:
-  install = (f'cd {REMOTE_DIR} && python3 -m pip install --upgrade pip '
+  remote_dir = tpu_vm_shell.home_path(tpu_vm_shell.REMOTE_DIR)
+  install = (f'cd {remote_dir} && python3 -m pip install --upgrade pip '
              f"&& python3 -m pip install -e '.[tpu]'")
   commands = []
   for node in _node_names(args):
+    # scp's remote path is read by the worker's shell; REMOTE_DIR is a plain word.
     commands.append(['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', '--recurse', args.source,
-                     f'{node}:{REMOTE_DIR}', *_common(args), '--worker=all'])
+                     f'{node}:~/{tpu_vm_shell.REMOTE_DIR}', *_common(args), '--worker=all'])
     commands.append(_ssh(args, node, install))
   return commands
 
 
-def run_commands(args) -> list[list[str]]:
-  train = command.train_shell(args, python='python3')
-  remote = (f'cd {REMOTE_DIR} && MM1_DISTRIBUTED=auto nohup {train} '
-            f'> {REMOTE_LOG} 2>&1 &')
+def sequence_commands(args, trainings: Sequence[tpu_vm_shell.Training],
+                      output: str) -> list[list[str]]:
+  """Starts `trainings` one after another, in the background, on every worker of the VM."""
+  remote = tpu_vm_shell.start_in_background(tpu_vm_shell.sequence_script(trainings), output)
   return [_ssh(args, node, remote) for node in _node_names(args)]
+
+
+def run_commands(args) -> list[list[str]]:
+  train = command.train_argv(args.config, args.workdir, args.override, python='python3')
+  return sequence_commands(args, [tpu_vm_shell.Training('train', train)], args.log)
 
 
 def logs_commands(args) -> list[list[str]]:
@@ -89,8 +100,8 @@ def logs_commands(args) -> list[list[str]]:
   commands = []
   for node in _node_names(args):
     for worker in range(tpu.hosts):
-      prefix = shlex.quote(f'[{node}/{worker}] ')
-      remote = f"tail -n +1 -F {REMOTE_LOG} | sed -u 's/^/'{prefix}'/'"
+      remote = tpu_vm_shell.follow_command(args.log, f'[{node}/{worker}] ',
+                                           follow=not args.no_follow)
       commands.append(_ssh(args, node, remote, worker=str(worker)))
   return commands
 
@@ -119,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
   for action in ACTIONS:
     p = sub.add_parser(action)
     p.add_argument('--name', required=True, help='TPU VM (or queued resource) name')
-    p.add_argument('--zone', required=True)
+    p.add_argument('--zone', required=True, help='e.g. us-east5-a')
     p.add_argument('--type', required=True, help='accelerator type, e.g. v5p-64')
     p.add_argument('--project', default='')
     p.add_argument('--slices', type=int, default=1, help='number of slices (multislice)')
@@ -132,7 +143,29 @@ def build_parser() -> argparse.ArgumentParser:
       p.add_argument('--source', default='.', help='local source tree to install')
     if action == 'run':
       command.add_train_arguments(p)
+    if action in ('run', 'logs'):
+      p.add_argument('--log', default=tpu_vm_shell.DEFAULT_LOG,
+                     help='log file on every worker: absolute, or under the home directory '
+                          f'(with or without ~/); default {tpu_vm_shell.DEFAULT_LOG}')
+    if action == 'logs':
+      p.add_argument('--no-follow', action='store_true',
+                     help='print the logs as they are and stop (default: follow them)')
   return parser
+
+
+def check(args: argparse.Namespace) -> None:
+  """Every value, before any command is built; raises validate.LaunchError."""
+  validate.all_text(args)
+  validate.at_least('--slices', args.slices, 1)
+  # Multislice nodes are called NAME-0 ... NAME-(slices-1); each is a DNS label too.
+  suffix = f'-{args.slices - 1}' if args.slices > 1 else ''
+  validate.dns_label('--name', args.name, max_length=validate.DNS_LABEL_MAX - len(suffix),
+                     why=f' with --slices={args.slices} (the nodes are named NAME{suffix})'
+                     if suffix else '')
+  validate.dns_label('--zone', args.zone)
+  validate.tpu_type('--type', args.type)
+  if getattr(args, 'log', None) == '':
+    raise validate.LaunchError('--log: empty; give a file name such as mm1-train.log')
 
 
 def _execute(commands: Sequence[Sequence[str]], *, parallel: bool) -> int:
@@ -148,11 +181,8 @@ def _execute(commands: Sequence[Sequence[str]], *, parallel: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  if args.slices < 1:
-    print('error: --slices must be >= 1', file=sys.stderr)
-    return 2
   try:
-    topology.parse(args.type)
+    check(args)
     commands = ACTIONS[args.action](args)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
