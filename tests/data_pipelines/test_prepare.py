@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from data_pipelines import images
 from data_pipelines import prepare
 from data_pipelines import sources
 from data_pipelines import synthetic
@@ -59,3 +60,19 @@ def test_out_is_a_file(tmp_path, capsys):
   path.write_text('x')
   assert prepare.main(['synthetic', '--out', str(path), '--scale', '0.01']) == 1
   assert str(path.name) in capsys.readouterr().err
+
+
+_IMPORTER_ARGS = {'webdataset': ['--input', 'x.tar'], 'interleaved': ['--input', 'x.jsonl'],
+                  'coco': ['--annotations', 'a.json', '--images', 'dir']}
+
+
+@pytest.mark.parametrize('command', sorted(_IMPORTER_ARGS))
+def test_importers_take_max_image_pixels(command, capsys):
+  parse = prepare.build_parser().parse_args
+  args = parse([command, *_IMPORTER_ARGS[command], '--out', 'o'])
+  assert args.max_image_pixels == images.DEFAULT_MAX_IMAGE_PIXELS
+  args = parse([command, *_IMPORTER_ARGS[command], '--out', 'o', '--max-image-pixels', '0'])
+  assert args.max_image_pixels == 0  # no bound
+  with pytest.raises(SystemExit) as exit_info:
+    parse([command, *_IMPORTER_ARGS[command], '--out', 'o', '--max-image-pixels', '-1'])
+  assert exit_info.value.code == 2 and '--max-image-pixels' in capsys.readouterr().err
