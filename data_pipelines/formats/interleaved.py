@@ -80,6 +80,8 @@ def _image_value(value, field: str) -> bytes | str | None:
   Any other type skips the record.
   """
   if isinstance(value, dict):  # HF datasets Image struct
+    if not {'bytes', 'path'} & set(value):
+      raise _SkipRecord(common.wrong_type(field))
     value = value.get('bytes') or value.get('path')
   if value is None or value == '' or value == b'':
     return None

@@ -283,11 +283,12 @@ def test_interleaved_malformed_records(tmp_path):
       {'text_list': ['one'], 'image_info': ['pic.png']},  # 8: wrong type
       {'texts': ['good', None], 'images': [None, 'pic.png']},  # 9: kept
       {'texts': ['same id'], 'images': [None]},  # 10: kept (the duplicate is elsewhere)
+      {'texts': [None], 'images': [{'src': 'pic.png'}]},  # 11: a struct without bytes/path
   ]
   with open(tmp_path / 'docs.jsonl', 'wb') as f:
     for line in lines:
       f.write(json.dumps(line).encode() + b'\n')
-    f.write('{"texts": ["caf\xe9"], "images": [null]}\n'.encode('latin-1'))  # 11
+    f.write('{"texts": ["caf\xe9"], "images": [null]}\n'.encode('latin-1'))  # 12
   (tmp_path / 'broken.parquet').write_bytes(b'PAR1 not really parquet')
   (tmp_path / 'notes.md').write_text('# not data')
   units = [(str(tmp_path / 'docs.jsonl'), None), (str(tmp_path / 'broken.parquet'), None),
@@ -298,14 +299,14 @@ def test_interleaved_malformed_records(tmp_path):
       common.wrong_type('texts'): 2, interleaved.LENGTHS_DIFFER: 1, interleaved.BOTH_SET: 1,
       common.INVALID_UTF8: 2, interleaved.BAD_TEXT_INDEX: 2,
       interleaved.TEXT_INDEX_OUT_OF_RANGE: 1, common.wrong_type('text_list'): 1,
-      common.wrong_type('image_info'): 1}
+      common.wrong_type('image_info'): 1, common.wrong_type('images'): 1}
   assert report.skipped == {**{reason: 2 * n for reason, n in once.items()},
                             common.UNREADABLE_FILE: 1, common.UNKNOWN_FILE_TYPE: 1,
                             common.DUPLICATE_ID: 4}
   first = report.first_skipped
   assert first[common.wrong_type('texts')] == ['docs.jsonl/0', 'docs.jsonl/3', 'docs.jsonl/0',
                                                'docs.jsonl/3']
-  assert first[common.INVALID_UTF8][:2] == ['docs.jsonl/4', 'docs.jsonl/11']
+  assert first[common.INVALID_UTF8][:2] == ['docs.jsonl/4', 'docs.jsonl/12']
   assert first[interleaved.BAD_TEXT_INDEX][:2] == ['docs.jsonl/5', 'docs.jsonl/6']
   assert first[common.UNREADABLE_FILE] == ['broken.parquet']
   assert first[common.UNKNOWN_FILE_TYPE] == ['notes.md']
