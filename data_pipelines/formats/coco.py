@@ -83,7 +83,7 @@ def load_units(annotations_path: str, images_dir: str) -> tuple[list, UnitResult
       early.skip(MALFORMED_ANNOTATION, f'annotations[{index}]')
       continue
     image_id, annotation_id = annotation['image_id'], annotation['id']
-    where = f'{image_id}/{annotation_id}'
+    where = common.safe_name(f'{image_id}/{annotation_id}')
     if annotation_id in seen:
       early.skip(DUPLICATE_ANNOTATION, where)
       continue

@@ -62,7 +62,7 @@ class UnitResult:
     self.skipped[reason] += 1
     first = self.first_skipped.setdefault(reason, [])
     if len(first) < FIRST_SKIPPED:
-      first.append(where)
+      first.append(safe_name(where))
 
   def add_skips(self, other: 'UnitResult') -> None:
     """Adds the skips (not the examples) of `other`."""
@@ -100,6 +100,15 @@ def is_valid_text(text: str) -> bool:
   except UnicodeEncodeError:
     return False
   return True
+
+
+def safe_name(name: str) -> str:
+  """`name` (a file, tar member or record name) as valid UTF-8, for ids and reports.
+
+  A file name that is not UTF-8 reaches Python with lone surrogates; they are written
+  as backslash escapes instead.
+  """
+  return name.encode('utf-8', 'backslashreplace').decode('utf-8')
 
 
 def _results(read_unit: Callable[[Any], UnitResult], units: Sequence[Any],
@@ -148,6 +157,9 @@ def run_import(kind: str, units: Sequence[Any], read_unit: Callable[[Any], UnitR
         for example in result.examples:
           if example['id'] in seen_ids:
             skips.skip(DUPLICATE_ID, example['id'])
+            continue
+          if not is_valid_text(example['id']):  # a safety net: importers use safe_name
+            skips.skip(INVALID_UTF8, example['id'])
             continue
           seen_ids.add(example['id'])
           written += 1
@@ -265,8 +277,8 @@ def input_names(paths: Sequence[str]) -> list[str]:
   """How record ids name each input file: its base name, or, where two inputs share one,
   its path relative to the directory all inputs share (so ids never collide)."""
   bases = [os.path.basename(p) for p in paths]
-  if len(set(bases)) == len(bases):
-    return bases
-  absolute = [os.path.abspath(p) for p in paths]
-  shared = os.path.commonpath([os.path.dirname(p) for p in absolute])
-  return [os.path.relpath(p, shared) for p in absolute]
+  if len(set(bases)) != len(bases):
+    absolute = [os.path.abspath(p) for p in paths]
+    shared = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    bases = [os.path.relpath(p, shared) for p in absolute]
+  return [safe_name(b) for b in bases]

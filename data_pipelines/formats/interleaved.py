@@ -163,7 +163,7 @@ def read_documents(unit: tuple, *,
   unit: (path, images root or None (the file's directory)[, the file's name in ids]).
   """
   path, images_dir, *name = unit
-  name = name[0] if name else os.path.basename(path)
+  name = name[0] if name else common.safe_name(os.path.basename(path))
   root = image_files.ImageRoot(images_dir or os.path.dirname(os.path.abspath(path)),
                                max_pixels=max_pixels)
   result = UnitResult()

@@ -18,7 +18,8 @@ EMPTY_TEXT = 'empty text'
 
 def read_texts(unit) -> UnitResult:
   """All texts of one file; unit: its path, or (path, the file's name in ids)."""
-  path, name = unit if isinstance(unit, tuple) else (unit, os.path.basename(unit))
+  path, name = (unit if isinstance(unit, tuple)
+                else (unit, common.safe_name(os.path.basename(unit))))
   result = UnitResult()
   for row, record in common.iter_table(path, name, result):
     where = f'{name}/{row}'

@@ -68,6 +68,7 @@ def _caption(files: dict[str, bytes]) -> tuple[str | None, str | None]:
 
 
 def _to_example(where: str, files: dict[str, bytes], max_pixels: int, result: UnitResult):
+  where = common.safe_name(where)  # tarfile gives non-UTF-8 member names as surrogates
   image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
   if image is None:
     result.skip(NO_IMAGE, where)
@@ -95,7 +96,8 @@ def read_shard(unit, *, max_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS) -
 
   unit: the shard's path, or (path, the shard's name in ids).
   """
-  path, shard = unit if isinstance(unit, tuple) else (unit, os.path.basename(unit))
+  path, shard = (unit if isinstance(unit, tuple)
+                 else (unit, common.safe_name(os.path.basename(unit))))
   result = UnitResult()
   key, files = None, {}
   try:

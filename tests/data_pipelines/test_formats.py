@@ -214,7 +214,8 @@ def traversal(tmp_path, monkeypatch):
   (root / 'good.png').write_bytes(good)
   (root / 'inside.png').symlink_to(root / 'good.png')  # a link within the root is fine
   (root / 'link.png').symlink_to(tmp_path / 'secret.png')
-  outside = [str(tmp_path / 'secret.png'), '~/secret.png', '../secret.png', 'link.png']
+  outside = [str(tmp_path / 'secret.png'), '~/secret.png', '../secret.png', 'link.png',
+             str(root / 'good.png')]  # absolute paths are refused even into the root
   return root, outside, ['good.png', 'inside.png'], secret, good
 
 
@@ -228,11 +229,10 @@ def test_interleaved_reads_no_image_outside_its_root(traversal, tmp_path):
                           'image_info': [{'image_name': name, 'matched_text_index': 0}]}) + '\n')
   report = _import('interleaved', [(str(root / 'docs.jsonl'), None)],
                    interleaved.read_documents, tmp_path / 'out')
-  assert report.skipped == {image_files.OUTSIDE_ROOT: 8}
-  assert report.first_skipped[image_files.OUTSIDE_ROOT] == [f'docs.jsonl/{i}' for i in range(4)] + [
-      'docs.jsonl/6']
+  assert report.skipped == {image_files.OUTSIDE_ROOT: 10}
+  assert report.first_skipped[image_files.OUTSIDE_ROOT] == [f'docs.jsonl/{i}' for i in range(5)]
   records = _records(tmp_path / 'out', 'interleaved')
-  assert len(records) == 12 == report.written  # the documents keep their text
+  assert len(records) == 14 == report.written  # the documents keep their text
   assert records['docs.jsonl/0'] == {'id': 'docs.jsonl/0', 'texts': ['text'], 'images': [b'']}
   assert secret not in _stored_images(records)
   assert _stored_images(records) == [good] * 4
@@ -247,10 +247,11 @@ def test_coco_reads_no_image_outside_its_root(traversal, tmp_path):
                       for i in range(len(names))]}))
   units, early = coco.load_units(str(tmp_path / 'captions.json'), str(root))
   report = _import('captions', units, coco.read_images, tmp_path / 'out', skipped_before=early)
-  assert report.skipped == {image_files.OUTSIDE_ROOT: 4}
-  assert report.first_skipped[image_files.OUTSIDE_ROOT] == ['0/100', '1/101', '2/102', '3/103']
+  assert report.skipped == {image_files.OUTSIDE_ROOT: 5}
+  assert report.first_skipped[image_files.OUTSIDE_ROOT] == [
+      '0/100', '1/101', '2/102', '3/103', '4/104']
   records = _records(tmp_path / 'out', 'captions')
-  assert sorted(records) == ['4/104', '5/105']
+  assert sorted(records) == ['5/105', '6/106']
   assert _stored_images(records) == [good, good]
 
 
@@ -490,19 +491,23 @@ def _texts_unit(unit) -> common.UnitResult:
 
 
 def test_report_names_the_first_offenders(tmp_path):
+  assert _texts_unit(('skip', 7)).first_skipped == {
+      'a reason': [f'record {i}' for i in range(common.FIRST_SKIPPED)]}  # bounded per unit
   out = tmp_path / 'out'
-  report = _import('text', [('skip', 7), ('ids', ['x', 'y']), ('ids', ['y', 'z'])], _texts_unit,
-                   out, options={'max_image_pixels': 5})
+  units = [('skip', 7), ('ids', ['x', 'y']), ('ids', ['y', 'z', 'lone \udc80'])]
+  report = _import('text', units, _texts_unit, out, options={'max_image_pixels': 5})
   assert report.written == 3
-  assert report.skipped == {'a reason': 7, common.DUPLICATE_ID: 1}
+  assert report.skipped == {'a reason': 7, common.DUPLICATE_ID: 1, common.INVALID_UTF8: 1}
   assert report.first_skipped == {'a reason': [f'record {i}' for i in range(5)],
-                                  common.DUPLICATE_ID: ['y']}
+                                  common.DUPLICATE_ID: ['y'],
+                                  common.INVALID_UTF8: ['lone \\udc80']}
   assert json.loads((out / common.REPORT_FILE).read_text()) == {
       'kind': 'text', 'out': str(out), 'written': 3, 'skipped': report.skipped,
       'first_skipped': report.first_skipped, 'options': {'max_image_pixels': 5}}
   assert report.summary().splitlines()[1:] == [
       '  a reason: 7 (first: record 0, record 1, record 2, record 3, record 4, ...)',
-      f'  {common.DUPLICATE_ID}: 1 (first: y)']
+      f'  {common.DUPLICATE_ID}: 1 (first: y)',
+      f'  {common.INVALID_UTF8}: 1 (first: lone \\udc80)']
   assert sorted(r['text'] for r in _records(out, 'text').values()) == [
       'text x', 'text y', 'text z']
 
@@ -531,3 +536,18 @@ def test_inputs_sharing_a_base_name_keep_distinct_ids(tmp_path):
   assert names == ['a/part-0.jsonl', 'b/part-0.jsonl']
   report = _import('text', list(zip(paths, names)), text.read_texts, tmp_path / 'out')
   assert report.written == 2 and not report.skipped
+
+
+def test_names_that_are_not_utf8_make_valid_ids(tmp_path):
+  with open(os.path.join(os.fsencode(tmp_path), b'caf\xe9.jsonl'), 'wb') as f:
+    f.write(b'{"text": "fine"}\n{"text": 7}\n')
+  with tarfile.open(tmp_path / 'shard.tar', 'w') as tar:  # member names: surrogateescape
+    _add(tar, 'caf\udce9.png', encode_png(np.random.default_rng(11), 8, 8))
+    _add(tar, 'caf\udce9.txt', b'a caption')
+  paths = common.expand_inputs([str(tmp_path / 'caf*.jsonl')])
+  texts = _import('text', list(zip(paths, common.input_names(paths))), text.read_texts,
+                  tmp_path / 'text')
+  assert texts.first_skipped == {common.wrong_type('text'): ['caf\\udce9.jsonl/1']}
+  assert list(_records(tmp_path / 'text', 'text')) == ['caf\\udce9.jsonl/0']
+  _import('captions', [str(tmp_path / 'shard.tar')], webdataset.read_shard, tmp_path / 'wds')
+  assert list(_records(tmp_path / 'wds', 'captions')) == ['shard.tar/caf\\udce9']
