@@ -13,7 +13,10 @@ record, unusable image and unreadable file is skipped with a reason (a short, st
 phrase), counted per reason, and the first FIRST_SKIPPED offenders of each reason (record
 ids or file names) are named in the report and the printed summary. An example id that
 occurs twice keeps its first record (DUPLICATE_ID). So only valid examples reach
-`write_source`, whose schema check would otherwise stop the import.
+`write_source`, whose schema check would otherwise stop the import. A skip is of what
+the reason names (a record, a file, an image dropped from a kept document, a tar
+member), so one record can count under two reasons (a tar image member over the size
+bound, then its sample without an image): the total counts skips, not records.
 
 An import never replaces an earlier one: an OUT that already holds an import report, or
 a complete source of the same kind, is refused before anything is read.
