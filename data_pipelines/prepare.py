@@ -94,31 +94,53 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
+def _add_image_arguments(parser: argparse.ArgumentParser) -> None:
+  from data_pipelines import images  # pylint: disable=import-outside-toplevel
+  parser.add_argument(
+      '--max-image-pixels', type=_non_negative_int, default=images.DEFAULT_MAX_IMAGE_PIXELS,
+      help='skip (and count) images of more pixels than this, and image files too large '
+           f'to hold fewer (default {images.DEFAULT_MAX_IMAGE_PIXELS}; 0: no bound); '
+           'training reads the same bound from data.max_image_pixels')
+
+
 def _import(kind: str, units, read_unit, args, **kwargs) -> None:
   from data_pipelines.formats import common  # pylint: disable=import-outside-toplevel
+  options = ({'max_image_pixels': args.max_image_pixels}
+             if hasattr(args, 'max_image_pixels') else {})
   report = common.run_import(kind, units, read_unit, out=args.out,
                              num_workers=args.num_workers, num_shards=args.num_shards or None,
                              description=f'{args.command} -> {args.out}',
-                             show_progress=not args.no_progress, **kwargs)
+                             show_progress=not args.no_progress, options=options, **kwargs)
   print(report.summary())
+
+
+def _named_inputs(patterns) -> list[tuple[str, str]]:
+  """(path, name in record ids) of every input file."""
+  from data_pipelines.formats import common  # pylint: disable=import-outside-toplevel
+  paths = common.expand_inputs(patterns)
+  return list(zip(paths, common.input_names(paths)))
 
 
 def _add_webdataset_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--input', required=True, nargs='+', metavar='GLOB',
                       help="tar shards, e.g. 'DIR/*.tar' (KEY.jpg + KEY.txt [+ KEY.json])")
+  _add_image_arguments(parser)
   _add_output_arguments(parser)
 
 
 def _run_webdataset(args: argparse.Namespace) -> None:
-  from data_pipelines.formats import common, webdataset  # pylint: disable=import-outside-toplevel
-  _import('captions', common.expand_inputs(args.input), webdataset.read_shard, args)
+  from data_pipelines.formats import webdataset  # pylint: disable=import-outside-toplevel
+  _import('captions', _named_inputs(args.input), webdataset.reader(args.max_image_pixels),
+          args)
 
 
 def _add_coco_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--annotations', required=True, metavar='FILE.json',
                       help='COCO captions annotations (captions_train2017.json)')
   parser.add_argument('--images', required=True, metavar='DIR',
-                      help='directory holding the file_name of every image')
+                      help='directory holding the file_name of every image (nothing outside '
+                           'it is read)')
+  _add_image_arguments(parser)
   _add_output_arguments(parser)
 
 
@@ -129,21 +151,25 @@ def _run_coco(args: argparse.Namespace) -> None:
   if not os.path.isdir(args.images):
     raise UserError(f'--images {args.images!r} is not a directory')
   units, early = coco.load_units(args.annotations, args.images)
-  _import('captions', units, coco.read_images, args, skipped_before=early.skipped)
+  _import('captions', units, coco.reader(args.max_image_pixels), args, skipped_before=early)
 
 
 def _add_interleaved_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--input', required=True, nargs='+', metavar='GLOB',
                       help='OBELICS-style parquet/jsonl (texts, images) or MMC4 jsonl files')
   parser.add_argument('--images', default=None, metavar='DIR',
-                      help='base directory of relative image paths (default: beside each file)')
+                      help='root of relative image paths; nothing outside it is read '
+                           '(default: the directory of each input file)')
+  _add_image_arguments(parser)
   _add_output_arguments(parser)
 
 
 def _run_interleaved(args: argparse.Namespace) -> None:
-  from data_pipelines.formats import common, interleaved  # pylint: disable=import-outside-toplevel
-  units = [(path, args.images) for path in common.expand_inputs(args.input)]
-  _import('interleaved', units, interleaved.read_documents, args)
+  from data_pipelines.formats import interleaved  # pylint: disable=import-outside-toplevel
+  if args.images is not None and not os.path.isdir(args.images):
+    raise UserError(f'--images {args.images!r} is not a directory')
+  units = [(path, args.images, name) for path, name in _named_inputs(args.input)]
+  _import('interleaved', units, interleaved.reader(args.max_image_pixels), args)
 
 
 def _add_text_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,8 +179,8 @@ def _add_text_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_text(args: argparse.Namespace) -> None:
-  from data_pipelines.formats import common, text  # pylint: disable=import-outside-toplevel
-  _import('text', common.expand_inputs(args.input), text.read_texts, args)
+  from data_pipelines.formats import text  # pylint: disable=import-outside-toplevel
+  _import('text', _named_inputs(args.input), text.read_texts, args)
 
 
 # ---------------------------------------------------------------------------- inspect

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from data_pipelines import images
 from data_pipelines import prepare
 from data_pipelines import sources
 from data_pipelines import synthetic
@@ -78,3 +79,19 @@ def test_synthetic_refuses_an_empty_out(tmp_path, monkeypatch, capsys):
   assert prepare.main(['synthetic', '--out', '', '--scale', '0.01']) == 1
   assert 'empty path' in capsys.readouterr().err
   assert os.listdir(tmp_path) == ['notes.txt']
+
+
+_IMPORTER_ARGS = {'webdataset': ['--input', 'x.tar'], 'interleaved': ['--input', 'x.jsonl'],
+                  'coco': ['--annotations', 'a.json', '--images', 'dir']}
+
+
+@pytest.mark.parametrize('command', sorted(_IMPORTER_ARGS))
+def test_importers_take_max_image_pixels(command, capsys):
+  parse = prepare.build_parser().parse_args
+  args = parse([command, *_IMPORTER_ARGS[command], '--out', 'o'])
+  assert args.max_image_pixels == images.DEFAULT_MAX_IMAGE_PIXELS
+  args = parse([command, *_IMPORTER_ARGS[command], '--out', 'o', '--max-image-pixels', '0'])
+  assert args.max_image_pixels == 0  # no bound
+  with pytest.raises(SystemExit) as exit_info:
+    parse([command, *_IMPORTER_ARGS[command], '--out', 'o', '--max-image-pixels', '-1'])
+  assert exit_info.value.code == 2 and '--max-image-pixels' in capsys.readouterr().err
