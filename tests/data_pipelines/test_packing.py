@@ -352,6 +352,25 @@ def test_image_heavy_documents_make_rows_that_all_carry_loss(mode):
              for r in rows) == text_in  # all text is kept
 
 
+def test_a_cut_keeps_each_image_with_the_text_after_it():
+  make = DocumentMaker()
+  # Whole packing: the row ends right after an image run; the image goes with its text.
+  document = make([SEQ_LEN - 5, 10])  # bos, 59 text tokens, an image at 60..63, text, eos
+  chunks = packing.split_document(document, **BUDGETS)
+  assert len(chunks[0].tokens) == SEQ_LEN - 4 and chunks[0].num_images == 0
+  assert chunks[1].tokens[:K].tolist() == [IMAGE_TOKEN_ID] * K
+  # Fill packing: a row with room for one more image does not take an image without the
+  # text after it (that head would be [text, image]: no loss token, an image for nothing).
+  make = UniqueDocuments()
+  first = make([20, 0, 10])  # two images: the row keeps room for one
+  second = make([1, 0, 20])  # one text token, two images, text
+  rows = list(pack([first, second], mode='fill', window=1, min_piece_tokens=1))
+  for row in rows:
+    for tokens, _ in segments_of(row):
+      assert tokens[-1] != IMAGE_TOKEN_ID and cuts.has_target(np.asarray(tokens),
+                                                              IMAGE_TOKEN_ID)
+
+
 def test_fit_images_keeps_the_images_next_to_their_text():
   make = DocumentMaker()
   document = make([3] + [0] * 5 + [4])  # bos, 3 text, 6 consecutive images, 4 text, eos
