@@ -46,7 +46,7 @@ import numpy as np
 from data_pipelines import cuts
 from data_pipelines import packing
 from data_pipelines import skip_reasons
-from data_pipelines.cuts import largest_cut  # pylint: disable=unused-import  (public here)
+from data_pipelines.cuts import largest_cut
 
 DEFAULT_MIN_PIECE_TOKENS = 8
 
@@ -148,16 +148,15 @@ class _FillPackIterator(grain.DatasetIterator):
   def _cut(self, piece: _Piece, row: _Row) -> int:
     room = dict(room_tokens=row.room_tokens, room_images=row.room_images,
                 num_image_tokens=self._num_image_tokens)
-    cut = cuts.largest_cut(piece.run_starts, piece.length, min_head=self._min_piece,
-                           min_tail=self._min_piece, text_positions=piece.text_positions,
-                           **room)
+    cut = largest_cut(piece.run_starts, piece.length, min_head=self._min_piece,
+                      min_tail=self._min_piece, text_positions=piece.text_positions, **room)
     if not cut and not row.pieces:  # an empty row takes whatever the budgets allow
-      cut = cuts.largest_cut(piece.run_starts, piece.length, min_head=1, min_tail=0,
-                             text_positions=piece.text_positions, **room)
+      cut = largest_cut(piece.run_starts, piece.length, min_head=1, min_tail=0,
+                        text_positions=piece.text_positions, **room)
       fits = piece.length <= row.room_tokens and piece.num_images <= row.room_images
       if not cut and not fits and piece.text_positions is not None:
         # Only a document that was not fitted (cuts.fit_images) gets here: run-safe cuts.
-        cut = cuts.largest_cut(piece.run_starts, piece.length, min_head=1, min_tail=0, **room)
+        cut = largest_cut(piece.run_starts, piece.length, min_head=1, min_tail=0, **room)
     return cut
 
   def _place(self, piece: _Piece, rows: list[_Row]) -> bool:

@@ -47,7 +47,7 @@ from grain.experimental import FirstFitPackIterDataset
 
 from data_pipelines import cuts
 from data_pipelines import skip_reasons
-from data_pipelines.cuts import image_run_starts  # pylint: disable=unused-import  (public here)
+from data_pipelines.cuts import image_run_starts
 from data_pipelines.documents import Document, Skipped
 
 DEFAULT_PACKING_WINDOW = 32  # open rows searched first-fit; emitted together when full
