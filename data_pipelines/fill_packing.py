@@ -5,7 +5,10 @@ whenever the next document does not fit it. Here a document of a cuttable kind
 (interleaved, text) that fits no open row whole is cut to fill the open row that takes
 the largest piece, and its rest continues in another row:
 
-* a cut never falls inside an image run of K `<image>` ids; text may be cut anywhere;
+* a cut follows the rule of `cuts.py`: it falls right after a text token, never inside an
+  image run of K `<image>` ids nor between an image and the text after it, and leaves a
+  training target on both sides, so that no piece (and no row) is only image runs; text
+  may be cut anywhere else (documents arrive fitted by `cuts.fit_images`);
 * a piece takes at most the row's remaining tokens and images (both budgets);
 * both sides of a cut keep at least `min_piece_tokens` tokens (no tiny fragments), a rule
   relaxed only for an empty row, so that a document always progresses;
@@ -40,27 +43,12 @@ from typing import Any
 import grain
 import numpy as np
 
+from data_pipelines import cuts
 from data_pipelines import packing
+from data_pipelines import skip_reasons
+from data_pipelines.cuts import largest_cut
 
 DEFAULT_MIN_PIECE_TOKENS = 8
-
-
-def largest_cut(run_starts: list[int], length: int, *, room_tokens: int, room_images: int,
-                num_image_tokens: int, min_head: int, min_tail: int) -> int:
-  """The longest head [0, cut) of a document that a row with the given room can take.
-
-  `run_starts` are the document's image run starts (sorted), `length` its token count.
-  The cut leaves whole image runs on both sides, the head holds at most room_tokens
-  tokens and room_images runs, and head and tail keep at least min_head and min_tail
-  tokens. Returns 0 when no such cut exists.
-  """
-  cut = min(room_tokens, length - min_tail)
-  if room_images < len(run_starts):
-    cut = min(cut, run_starts[room_images])  # the run after the last allowed one
-  inside = bisect.bisect_left(run_starts, cut) - 1  # the last run that starts before cut
-  if inside >= 0 and run_starts[inside] + num_image_tokens > cut:
-    cut = run_starts[inside]  # the cut would split that run: the run goes to the tail
-  return cut if cut >= max(min_head, 1) else 0
 
 
 @dataclasses.dataclass
@@ -69,9 +57,12 @@ class _Piece:
   tokens: np.ndarray
   images: np.ndarray
   run_starts: list[int]  # relative to `start`
+  text_positions: list[int] | None  # relative to `start`; None: no target, runs rule only
   start: int = 0
   first_image: int = 0
-  num_skipped: int = 0  # Skipped markers before the document (charged to its first piece)
+  # Counts over skip_reasons.REASONS charged to the document's first piece.
+  skipped: np.ndarray = dataclasses.field(default_factory=skip_reasons.zeros)
+  dropped: np.ndarray = dataclasses.field(default_factory=skip_reasons.zeros)
 
   @property
   def length(self) -> int:
@@ -81,37 +72,43 @@ class _Piece:
   def num_images(self) -> int:
     return len(self.images) - self.first_image
 
-  def head(self, cut: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Takes tokens [0, cut) of what is left; returns (tokens, images, num_skipped)."""
+  def head(self, cut: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Takes tokens [0, cut) of what is left; returns (tokens, images, skipped, dropped)."""
     count = bisect.bisect_left(self.run_starts, cut)
     head = (self.tokens[self.start:self.start + cut],
-            self.images[self.first_image:self.first_image + count], self.num_skipped)
+            self.images[self.first_image:self.first_image + count], self.skipped, self.dropped)
     self.start += cut
     self.first_image += count
     self.run_starts = [s - cut for s in self.run_starts[count:]]
-    self.num_skipped = 0
+    if self.text_positions is not None:
+      self.text_positions = [t - cut for t in
+                             self.text_positions[bisect.bisect_left(self.text_positions, cut):]]
+    self.skipped, self.dropped = skip_reasons.zeros(), skip_reasons.zeros()
     return head
 
 
 class _Row:
-  """An open row: its pieces (tokens, images), the room left and the skips it reports."""
+  """An open row: its pieces (tokens, images), the room left and the counts it reports."""
 
   def __init__(self, seq_len: int, max_images: int):
     self.pieces: list[tuple[np.ndarray, np.ndarray]] = []
     self.room_tokens = seq_len
     self.room_images = max_images
-    self.num_skipped = 0
+    self.skipped = skip_reasons.zeros()
+    self.dropped = skip_reasons.zeros()
 
-  def add(self, tokens: np.ndarray, images: np.ndarray, num_skipped: int) -> None:
-    if len(tokens):  # an empty document only carries a skip count
+  def add(self, tokens: np.ndarray, images: np.ndarray, skipped: np.ndarray,
+          dropped: np.ndarray) -> None:
+    if len(tokens):  # an empty document only carries counts
       self.pieces.append((tokens, images))
     self.room_tokens -= len(tokens)
     self.room_images -= len(images)
-    self.num_skipped += num_skipped
+    self.skipped = self.skipped + skipped
+    self.dropped = self.dropped + dropped
 
 
 class _FillPackIterator(grain.DatasetIterator):
-  """Chunk dicts (tokens, images, num_skipped) in; contract rows out (see module doc)."""
+  """Chunk dicts (tokens, images, count vectors) in; contract rows out (see module doc)."""
 
   def __init__(self, parent: grain.DatasetIterator, *, seq_len: int, max_images: int,
                num_image_tokens: int, image_token_id: int, pad_id: int, window: int,
@@ -137,7 +134,11 @@ class _FillPackIterator(grain.DatasetIterator):
                                     image_token_id=self._image_token_id).tolist()
     if len(runs) != len(images):
       raise ValueError(f'document has {len(runs)} image runs but {len(images)} images')
-    piece = _Piece(tokens, images, runs, num_skipped=int(element['num_skipped']))
+    texts = (cuts.text_positions(tokens, self._image_token_id)
+             if cuts.has_target(tokens, self._image_token_id) else None)
+    piece = _Piece(tokens, images, runs, texts,
+                   skipped=np.asarray(element[skip_reasons.SKIPPED_KEY], np.int32),
+                   dropped=np.asarray(element[skip_reasons.DROPPED_KEY], np.int32))
     if tokens_offset or images_offset:
       piece.head(tokens_offset)  # already placed in an earlier window (with its skips)
       if piece.first_image != images_offset:
@@ -145,13 +146,17 @@ class _FillPackIterator(grain.DatasetIterator):
     return piece
 
   def _cut(self, piece: _Piece, row: _Row) -> int:
-    cut = largest_cut(piece.run_starts, piece.length, room_tokens=row.room_tokens,
-                      room_images=row.room_images, num_image_tokens=self._num_image_tokens,
-                      min_head=self._min_piece, min_tail=self._min_piece)
-    if not cut and not row.pieces:  # an empty row takes whatever the image runs allow
-      cut = largest_cut(piece.run_starts, piece.length, room_tokens=row.room_tokens,
-                        room_images=row.room_images, num_image_tokens=self._num_image_tokens,
-                        min_head=1, min_tail=0)
+    room = dict(room_tokens=row.room_tokens, room_images=row.room_images,
+                num_image_tokens=self._num_image_tokens)
+    cut = largest_cut(piece.run_starts, piece.length, min_head=self._min_piece,
+                      min_tail=self._min_piece, text_positions=piece.text_positions, **room)
+    if not cut and not row.pieces:  # an empty row takes whatever the budgets allow
+      cut = largest_cut(piece.run_starts, piece.length, min_head=1, min_tail=0,
+                        text_positions=piece.text_positions, **room)
+      fits = piece.length <= row.room_tokens and piece.num_images <= row.room_images
+      if not cut and not fits and piece.text_positions is not None:
+        # Only a document that was not fitted (cuts.fit_images) gets here: run-safe cuts.
+        cut = largest_cut(piece.run_starts, piece.length, min_head=1, min_tail=0, **room)
     return cut
 
   def _place(self, piece: _Piece, rows: list[_Row]) -> bool:
@@ -234,8 +239,9 @@ class _FillPackIterator(grain.DatasetIterator):
       used, count = end, count + len(piece_images)
     return packing.finalize_row(
         tokens=tokens, segment_ids=segment_ids, positions=positions, images=images,
-        image_valid=np.arange(self._max_images) < count, num_skipped=row.num_skipped,
-        image_token_id=self._image_token_id, pad_id=self._pad_id)
+        image_valid=np.arange(self._max_images) < count,
+        image_token_id=self._image_token_id, pad_id=self._pad_id,
+        skipped_by_reason=row.skipped, dropped_images_by_reason=row.dropped)
 
   def __next__(self) -> dict[str, np.ndarray]:
     while self._next_row >= len(self._rows):

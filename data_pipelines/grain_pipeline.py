@@ -11,8 +11,11 @@ its index in `source_names`) and per owned shard s:
 `mixing.ExactMixIterDataset` then fills each global batch with per-source row counts as
 close to the normalised weights as integers allow and keeps this process's rows
 (`train.batch_size // P`), a thread prefetches, and batches come out per the contract of
-DESIGN.md section 2, plus `skipped_records` int32 [B]: records skipped since the previous
-row of the same source and shard. Every stage has grain's get_state/set_state, so the
+DESIGN.md section 2, plus the counts of what was left out (`skip_reasons.py`):
+`skipped_by_reason` int32 [B, R] (records skipped since the previous row of the same source
+and shard, per reason), `dropped_images_by_reason` int32 [B, R] (images dropped from the
+row's documents, per reason) and `skipped_records` int32 [B] (the row sums of the first).
+Images are decoded under `data.max_image_pixels`. Every stage has grain's get_state/set_state, so the
 iterator resumes exactly (the trainer checkpoints it with grain's Orbax support). For a
 fixed data.shards the global stream does not depend on the process count.
 
@@ -21,12 +24,14 @@ fixed data.shards the global stream does not depend on the process count.
 
 from __future__ import annotations
 
+import collections
 import os
 import zlib
 
 import grain
 import numpy as np
 
+from data_pipelines import images
 from data_pipelines import mixing
 from data_pipelines import packing
 from data_pipelines.documents import RecordToDocument, Skipped
@@ -134,11 +139,16 @@ def _open_checked(config, name: str):
 
 
 def _check_usable(source, to_document, where: str) -> None:
+  reasons = collections.Counter()
   for index in range(min(len(source), _PROBE_LIMIT)):
-    if not isinstance(to_document.map(source[index]), Skipped):
+    result = to_document.map(source[index])
+    if not isinstance(result, Skipped):
       return
+    reasons[result.slug] += 1
+  counted = ', '.join(f'{slug} {n}' for slug, n in reasons.most_common())
   raise ValueError(f'{where}: none of the first {min(len(source), _PROBE_LIMIT)} records is '
-                   f'usable (e.g. undecodable images or empty text)')
+                   f'usable ({counted}; data.max_image_pixels='
+                   f'{to_document.encoder.max_pixels})')
 
 
 def record_to_document(config, name: str, tokenizer) -> RecordToDocument:
@@ -147,7 +157,8 @@ def record_to_document(config, name: str, tokenizer) -> RecordToDocument:
       config.data.sources[name].kind, tokenizer, image_size=config.model.vit.image_size,
       num_image_tokens=config.model.connector.num_tokens,
       image_token_id=config.model.image_token_id,
-      resize=config.data.get('resize', 'crop'))
+      resize=config.data.get('resize', 'crop'),
+      max_pixels=config.data.get('max_image_pixels', images.DEFAULT_MAX_IMAGE_PIXELS))
 
 
 def open_usable_source(config, name: str, tokenizer):
@@ -201,7 +212,7 @@ class _AddSourceId(grain.transforms.Map):
 
 
 class _ToBatchContract(grain.transforms.Map):
-  """Renames the per-row skip count to the batch key the trainer logs."""
+  """Renames the per-row skip total to the batch key the trainer logs."""
 
   def map(self, batch: dict) -> dict:
     batch = dict(batch)

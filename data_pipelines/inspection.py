@@ -5,7 +5,8 @@ source: the fraction of rows, of non-padding tokens and of images; packing effic
 (`fill`: non-padding tokens over all tokens of the source's rows; `of_best`: fill over the
 best fill possible under the image budget, min(1, max_images x tokens-per-image / seq_len)
 with tokens-per-image the source's own ratio, 1 for a source without images); skipped
-records; and rows per second (wall clock, start-up excluded).
+records, in total and per reason (`skip_reasons.REASONS`); images dropped per reason; rows
+without a single loss token; and rows per second (wall clock, start-up excluded).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 import numpy as np
 
 from data_pipelines import grain_pipeline
+from data_pipelines import skip_reasons
 
 
 def load_config(spec: str):
@@ -40,7 +42,10 @@ def measure(config, rows: int) -> dict:
   seq_len, max_images = config.data.seq_len, config.data.max_images
   iterator = grain_pipeline.make_iterator(config)
   first = next(iterator)  # start-up (worker processes, first decodes) is not timed
-  count = {key: np.zeros(len(names)) for key in ('rows', 'tokens', 'images', 'skipped')}
+  count = {key: np.zeros(len(names)) for key in ('rows', 'tokens', 'images', 'skipped',
+                                                 'no_loss')}
+  by_reason = {key: np.zeros((len(names), skip_reasons.NUM_REASONS), np.int64)
+               for key in (skip_reasons.SKIPPED_KEY, skip_reasons.DROPPED_KEY)}
 
   def add(batch):
     source = batch['source_id']
@@ -51,6 +56,10 @@ def measure(config, rows: int) -> dict:
                                    minlength=len(names))
     count['skipped'] += np.bincount(source, weights=batch['skipped_records'],
                                     minlength=len(names))
+    count['no_loss'] += np.bincount(source, weights=skip_reasons.rows_without_loss(
+        batch['loss_mask']), minlength=len(names))
+    for key, counts in by_reason.items():
+      np.add.at(counts, source, batch[key])
 
   add(first)
   start, timed_rows = time.perf_counter(), 0
@@ -91,13 +100,19 @@ def measure(config, rows: int) -> dict:
       'image_fractions': per_source(count['images'] / max(count['images'].sum(), 1)),
       'packing_efficiency': packing,
       'skipped': {name: int(v) for name, v in zip(names, count['skipped'])},
+      'skipped_by_reason': {name: skip_reasons.as_dict(by_reason[skip_reasons.SKIPPED_KEY][i])
+                            for i, name in enumerate(names)},
+      'dropped_images_by_reason': {
+          name: skip_reasons.as_dict(by_reason[skip_reasons.DROPPED_KEY][i])
+          for i, name in enumerate(names)},
+      'rows_without_loss': {name: int(v) for name, v in zip(names, count['no_loss'])},
       'rows_per_s': _ratio(timed_rows, seconds),
   }
 
 
 def format_table(stats: dict) -> str:
   header = (f'{"source":<16}{"weight":>8}{"rows":>8}{"tokens":>8}{"images":>8}'
-            f'{"fill":>8}{"of best":>9}{"skipped":>9}')
+            f'{"fill":>8}{"of best":>9}{"skipped":>9}{"no loss":>9}')
   lines = [f'{stats["rows"]} rows of {stats["seq_len"]} tokens and up to '
            f'{stats["max_images"]} images ({stats["backend"]} backend); fractions:', header]
   for name in stats['fractions']:
@@ -105,9 +120,15 @@ def format_table(stats: dict) -> str:
     lines.append(f'{name:<16}{stats["weights"][name]:>8.3f}{stats["fractions"][name]:>8.3f}'
                  f'{stats["token_fractions"][name]:>8.3f}{stats["image_fractions"][name]:>8.3f}'
                  f'{packing["fill"]:>8.3f}{packing["of_best"]:>9.3f}'
-                 f'{stats["skipped"][name]:>9d}')
+                 f'{stats["skipped"][name]:>9d}{stats["rows_without_loss"][name]:>9d}')
   packing = stats['packing_efficiency']['all']
   lines.append(f'{"all":<16}{1:>8.3f}{1:>8.3f}{1:>8.3f}{1:>8.3f}{packing["fill"]:>8.3f}'
-               f'{packing["of_best"]:>9.3f}{sum(stats["skipped"].values()):>9d}')
+               f'{packing["of_best"]:>9.3f}{sum(stats["skipped"].values()):>9d}'
+               f'{sum(stats["rows_without_loss"].values()):>9d}')
+  for key, title in (('skipped_by_reason', 'skipped records by reason'),
+                     ('dropped_images_by_reason', 'dropped images by reason')):
+    parts = [f'{name}: ' + ', '.join(f'{slug} {n}' for slug, n in reasons.items())
+             for name, reasons in stats[key].items() if reasons]
+    lines.append(f'{title}: ' + ('; '.join(parts) if parts else 'none'))
   lines.append(f'{stats["rows_per_s"]:.1f} rows/s')
   return '\n'.join(lines)

@@ -6,8 +6,10 @@ One `seqio.Task` per configured source with weight > 0:
                  `as_dataset()` array_record files, so records are read by random access
                  (`sources.open_source`, tfds.data_source underneath) in the same seeded
                  shuffled order as the grain backend, as a tf.data stream of raw records.
-  preprocessors  `decode_and_pack`: decode/resize/tokenize (documents.RecordToDocument) and
-                 pack (packing.pack_documents) with the very code the grain backend uses.
+  preprocessors  `decode_and_pack`: decode/resize/tokenize (documents.RecordToDocument,
+                 under data.max_image_pixels) and pack (packing.pack_documents) with the
+                 very code the grain backend uses, skip and drop counts per reason included
+                 (skip_reasons.py): batches carry the same keys as grain's.
   features       OUTPUT_FEATURES, identical for every task (what a seqio Mixture asserts).
 
 A `seqio.Mixture` samples rows of the tasks with the config's weights as rates
@@ -29,14 +31,16 @@ import seqio
 import tensorflow as tf
 
 from data_pipelines import grain_pipeline
+from data_pipelines import skip_reasons
 from data_pipelines.documents import Document
 
 OUTPUT_DTYPES = {
     'tokens': tf.int32, 'targets': tf.int32, 'loss_mask': tf.float32,
     'segment_ids': tf.int32, 'positions': tf.int32, 'images': tf.uint8,
     'image_valid': tf.bool, 'source_id': tf.int32, 'num_skipped': tf.int32,
+    skip_reasons.SKIPPED_KEY: tf.int32, skip_reasons.DROPPED_KEY: tf.int32,
 }
-_RANKS = {'images': 4, 'source_id': 0, 'num_skipped': 0}
+_RANKS = {'images': 4, 'source_id': 0, 'num_skipped': 0}  # the rest: rank 1
 
 _RECORD_SIGNATURES = {
     'captions': {'id': tf.TensorSpec((), tf.string), 'image': tf.TensorSpec((), tf.string),
@@ -130,7 +134,9 @@ def make_task(config, name: str, source_id: int, tokenizer) -> seqio.Task:
     seq_len, max_images = config.data.seq_len, config.data.max_images
     size = config.model.vit.image_size
     shapes = {'images': (max_images, size, size, 3), 'image_valid': (max_images,),
-              'source_id': (), 'num_skipped': ()}
+              'source_id': (), 'num_skipped': (),
+              skip_reasons.SKIPPED_KEY: (skip_reasons.NUM_REASONS,),
+              skip_reasons.DROPPED_KEY: (skip_reasons.NUM_REASONS,)}
     signature = {key: tf.TensorSpec(shapes.get(key, (seq_len,)), dtype)
                  for key, dtype in OUTPUT_DTYPES.items()}
     return tf.data.Dataset.from_generator(rows, output_signature=signature)

@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from data_pipelines import documents as documents_lib
+from data_pipelines import images as images_lib
 from data_pipelines import packing
 from data_pipelines.tokenizer import Tokenizer
 from mm1_jax.parallel import mesh as mesh_lib
@@ -58,7 +59,12 @@ class Model:
     return documents_lib.encode_parts(
         parts, self.tokenizer, image_size=self.config.model.vit.image_size,
         num_image_tokens=self.config.model.connector.num_tokens,
-        image_token_id=self.tokenizer.image_token_id, add_bos=True, add_eos=add_eos)
+        image_token_id=self.tokenizer.image_token_id, add_bos=True, add_eos=add_eos,
+        max_pixels=self._max_pixels())
+
+  def _max_pixels(self) -> int:
+    """The training run's pixel bound for encoded images (config data.max_image_pixels)."""
+    return int(self.config.data.get('max_image_pixels', images_lib.DEFAULT_MAX_IMAGE_PIXELS))
 
   def prepare(self, rows: Sequence[Sequence[Any]], *, seq_len: int | None = None,
               max_images: int | None = None, add_eos: bool = False) -> dict[str, np.ndarray]:
@@ -76,7 +82,8 @@ class Model:
   def image_features(self, images: Sequence[Any]) -> np.ndarray:
     """The ViT output the connector consumes, for images (PIL, uint8 arrays or bytes)."""
     size = self.config.model.vit.image_size
-    pixels = np.stack([documents_lib.load_image(image, size) for image in images])
+    pixels = np.stack([documents_lib.load_image(image, size, max_pixels=self._max_pixels())
+                       for image in images])
     return np.asarray(self._image_features(self._model, jnp.asarray(pixels)))
 
   def generate(self, parts: Sequence[Any], max_new_tokens: int = 32) -> str:

@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from data_pipelines import grain_pipeline
+from data_pipelines import skip_reasons
 from mm1_jax import config_lib
 from mm1_jax.parallel import mesh as mesh_lib
 from mm1_jax.parallel import rules
@@ -61,6 +62,8 @@ class Summary:
   stopped_early: str | None = None
   nonfinite_steps: int = 0
   final_eval: dict[str, float] = dataclasses.field(default_factory=dict)
+  skipped_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
+  dropped_images_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
 
   def describe(self) -> str:
     lines = [f'trained steps {self.start_step} -> {self.steps} in {self.seconds:.1f} s'
@@ -71,7 +74,11 @@ class Summary:
       lines.append(f'  loss/{name}: {value:.4f}')
     for name, value in sorted(self.final_eval.items()):
       lines.append(f'  {name}: {value:.2f}')
-    lines.append(f'skipped data records: {self.skipped_records}')
+    lines.append(f'skipped data records: {self.skipped_records}' + ''.join(
+        f', {slug} {n}' for slug, n in self.skipped_by_reason.items()))
+    if self.dropped_images_by_reason:
+      lines.append('dropped images: ' + ', '.join(
+          f'{slug} {n}' for slug, n in self.dropped_images_by_reason.items()))
     if self.nonfinite_steps:
       lines.append(f'non-finite steps skipped: {self.nonfinite_steps}')
     lines.append(f'checkpoints: {os.path.join(self.workdir, "checkpoints")} steps {self.checkpoints}')
@@ -219,6 +226,8 @@ def _window_metrics(window: list[dict], source_names: list[str], seconds: float,
   source_tokens = np.sum([m['source_tokens'] for m in applied], axis=0)
   rows = np.sum([m['source_rows'] for m in applied], axis=0)
   for i, name in enumerate(source_names):
+    # No loss token of a source in the window: no loss/<source>; the data counts
+    # (skip_reasons.WindowCounts: data/<source>_rows_without_loss) say why.
     if source_tokens[i] > 0:
       out[f'loss/{name}'] = float(loss_sum[i] / source_tokens[i])
     out[f'data/{name}_fraction'] = float(rows[i] / max(rows.sum(), 1))
@@ -295,8 +304,8 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
     train_step = None
     stop = _StopFlag(config.train.max_runtime)
     nonfinite_guard = _NonFiniteGuard(config.train.on_nonfinite)
-    window, window_images, window_skipped = [], 0.0, 0
-    total_skipped = 0
+    window, window_images = [], 0.0
+    data_counts = skip_reasons.WindowCounts(source_names)  # skips, drops, rows without loss
     final_eval: dict[str, float] = {}
     first_loss = final_loss = None
     final_source_loss: dict[str, float] = {}
@@ -308,7 +317,7 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
     try:
       while step < config.train.steps:
         local_batch = next(iterator)
-        skipped = int(np.sum(local_batch.pop('skipped_records', 0)))
+        data_counts.add(local_batch)  # pops the count keys: they stay on the host
         window_images += float(np.sum(local_batch['image_valid'])) * jax.process_count()
         if train_step is None:
           shardings = batch_shardings(mesh, local_batch)
@@ -319,8 +328,6 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
         step += 1
         nonfinite_guard.after_dispatch(step, metrics)
         window.append(metrics)
-        window_skipped += skipped
-        total_skipped += skipped
         progress.update(1)
 
         if step == start_step + 1 or step % config.log.every == 0 or step == config.train.steps:
@@ -331,7 +338,7 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
           logged = _window_metrics(window, source_names, seconds, tokens_per_step,
                                    flops_per_step, total_peak)
           logged['lr'] = float(schedule(step - 1))
-          logged['data/skipped_records'] = float(window_skipped)
+          logged.update(data_counts.metrics())
           writer.write(step, logged)
           if first_loss is None:
             first_loss = logged['loss']
@@ -340,7 +347,7 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
                                if k.startswith('loss/')}
           progress.set_postfix(loss=f'{logged["loss"]:.3f}',
                                tok_s=f'{logged["tokens_per_s"]:.0f}')
-          window, window_images, window_skipped = [], 0.0, 0
+          window, window_images = [], 0.0
           window_start = time.perf_counter()
 
         reason = stop.check()
@@ -365,6 +372,9 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
   return Summary(workdir=workdir, steps=step, start_step=start_step,
                  seconds=time.perf_counter() - run_start, first_loss=first_loss,
                  final_loss=final_loss, final_source_loss=final_source_loss,
-                 checkpoints=checkpointer.all_steps(), skipped_records=total_skipped,
+                 checkpoints=checkpointer.all_steps(),
+                 skipped_records=int(data_counts.total_skipped.sum()),
+                 skipped_by_reason=skip_reasons.as_dict(data_counts.total_skipped),
+                 dropped_images_by_reason=skip_reasons.as_dict(data_counts.total_dropped),
                  stopped_early=stop.reason, nonfinite_steps=nonfinite_guard.count,
                  final_eval=final_eval)

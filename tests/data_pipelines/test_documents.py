@@ -2,11 +2,14 @@
 
 import io
 import pickle
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from data_pipelines import skip_reasons
 from data_pipelines.documents import (Document, RecordToDocument, Skipped, encode_parts,
                                       load_image)
 from tests.data_pipelines.conftest import IMAGE_SIZE, IMAGE_TOKEN_ID, NUM_IMAGE_TOKENS
@@ -30,9 +33,15 @@ def three_bands(height: int, width: int) -> np.ndarray:
   return pixels
 
 
-def make(kind, tokenizer):
+def make(kind, tokenizer, **kwargs):
   return RecordToDocument(kind, tokenizer, image_size=IMAGE_SIZE, num_image_tokens=K,
-                          image_token_id=IMAGE_TOKEN_ID)
+                          image_token_id=IMAGE_TOKEN_ID, **kwargs)
+
+
+def claims_size(png: bytes, width: int, height: int) -> bytes:
+  """The PNG with a header that claims width x height (its pixel data stays small)."""
+  header = b'IHDR' + struct.pack('>II', width, height) + png[24:29]
+  return png[:12] + header + struct.pack('>I', zlib.crc32(header)) + png[33:]
 
 
 def test_load_image_resizes_shorter_side_and_centre_crops():
@@ -87,19 +96,69 @@ def test_literal_image_token_in_text_cannot_forge_a_placeholder(tokenizer):
   assert IMAGE_TOKEN_ID not in document.tokens.tolist()
 
 
-@pytest.mark.parametrize('kind,record', [
-    ('captions', {'id': 'x', 'image': b'garbage bytes', 'caption': 'a red star'}),
-    ('captions', {'id': 'x', 'image': png_bytes(three_bands(30, 30))[:60], 'caption': 'red'}),
-    ('captions', {'id': 'x', 'image': png_bytes(three_bands(30, 30)), 'caption': '  '}),
-    ('interleaved', {'id': 'x', 'texts': ['a red star', ''], 'images': [b'', b'junk']}),
-    ('interleaved', {'id': 'x', 'texts': ['  ', ''], 'images': [b'', b'']}),
-    ('interleaved', {'id': 'x', 'texts': [], 'images': []}),
-    ('text', {'id': 'x', 'text': ''}),
-    ('text', {'id': 'x', 'text': ' \n '}),
+@pytest.mark.parametrize('kind,record,slug', [
+    ('captions', {'id': 'x', 'image': b'garbage bytes', 'caption': 'a red star'},
+     skip_reasons.UNDECODABLE_IMAGE),
+    ('captions', {'id': 'x', 'image': png_bytes(three_bands(30, 30))[:60], 'caption': 'red'},
+     skip_reasons.UNDECODABLE_IMAGE),
+    ('captions', {'id': 'x', 'image': b'', 'caption': 'red'}, skip_reasons.EMPTY_IMAGE),
+    ('captions', {'id': 'x', 'image': png_bytes(three_bands(30, 30)), 'caption': '  '},
+     skip_reasons.EMPTY_TEXT),
+    ('interleaved', {'id': 'x', 'texts': ['', ''], 'images': [b'junk', b'']},
+     skip_reasons.EMPTY_DOCUMENT),
+    ('interleaved', {'id': 'x', 'texts': ['  ', ''], 'images': [b'', b'']},
+     skip_reasons.EMPTY_DOCUMENT),
+    ('interleaved', {'id': 'x', 'texts': [], 'images': []}, skip_reasons.EMPTY_DOCUMENT),
+    ('text', {'id': 'x', 'text': ''}, skip_reasons.EMPTY_TEXT),
+    ('text', {'id': 'x', 'text': ' \n '}, skip_reasons.EMPTY_TEXT),
 ])
-def test_unusable_records_become_skipped(tokenizer, kind, record):
+def test_unusable_records_become_skipped(tokenizer, kind, record, slug):
   result = make(kind, tokenizer).map(record)
   assert isinstance(result, Skipped) and 'x' in result.reason
+  assert result.slug == slug and slug in skip_reasons.REASONS
+
+
+def test_a_bad_image_costs_that_image_not_the_document(tokenizer):
+  a, b = png_bytes(three_bands(20, 30)), png_bytes(np.zeros((8, 8, 3), np.uint8))
+  truncated = png_bytes(three_bands(30, 30))[:60]
+  record = {'id': 'd', 'texts': ['one red', '', 'two', '', 'blue', '', '', 'end'],
+            'images': [b'', a, b'', b'not an image', b'', truncated, b, b'']}
+  document = make('interleaved', tokenizer).map(record)
+  assert isinstance(document, Document)
+  # The bad images and their placeholders are gone; the texts around them are joined.
+  expected = ([tokenizer.bos_id] + tokenizer.encode('one red') + [IMAGE_TOKEN_ID] * K
+              + tokenizer.encode('two blue') + [IMAGE_TOKEN_ID] * K + tokenizer.encode('end')
+              + [tokenizer.eos_id])
+  assert document.tokens.tolist() == expected
+  assert document.num_images == 2 == document.tokens.tolist().count(IMAGE_TOKEN_ID) // K
+  np.testing.assert_array_equal(document.images[0], load_image(a, IMAGE_SIZE))
+  np.testing.assert_array_equal(document.images[1], load_image(b, IMAGE_SIZE))
+  assert document.dropped_images == {skip_reasons.UNDECODABLE_IMAGE: 2}
+
+
+def test_oversized_images_are_dropped_by_reason_without_decoding(tokenizer):
+  small = png_bytes(three_bands(20, 24))  # 480 pixels
+  # Claims 12000 x 12000 pixels: decoding it would fail (the data is 20 x 24), so a
+  # refusal for its size shows that the header alone decided.
+  huge = claims_size(small, 12000, 12000)
+  assert struct.unpack('>II', huge[16:24]) == (12000, 12000)
+  record = {'id': 'd', 'texts': ['big', '', 'small', '', 'end'],
+            'images': [b'', huge, b'', small, b'']}
+  document = make('interleaved', tokenizer).map(record)
+  assert document.num_images == 1
+  assert document.dropped_images == {skip_reasons.IMAGE_OVER_MAX_PIXELS: 1}
+  caption = make('captions', tokenizer).map({'id': 'c', 'image': huge, 'caption': 'big'})
+  assert isinstance(caption, Skipped) and caption.slug == skip_reasons.IMAGE_OVER_MAX_PIXELS
+  # The bound is the configured one (data.max_image_pixels); 0 disables it.
+  bounded = make('interleaved', tokenizer, max_pixels=479).map(record)
+  assert bounded.num_images == 0
+  assert bounded.dropped_images == {skip_reasons.IMAGE_OVER_MAX_PIXELS: 2}
+  unbounded = make('captions', tokenizer, max_pixels=0).map(
+      {'id': 'c', 'image': small, 'caption': 'small'})
+  assert isinstance(unbounded, Document)
+  with pytest.raises(ValueError, match='max_image_pixels'):
+    encode_parts(['x', small], tokenizer, image_size=IMAGE_SIZE, num_image_tokens=K,
+                 max_pixels=479)
 
 
 def test_encode_parts_for_inference(tokenizer):

@@ -5,12 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from data_pipelines import grain_pipeline
-from data_pipelines.sources import open_source
-from tests.data_pipelines.conftest import check_row, index_of_caption, is_bad_caption
+from data_pipelines import grain_pipeline, skip_reasons
+from data_pipelines.sources import open_source, write_source
+from tests.data_pipelines.conftest import (check_row, encode_png, index_of_caption,
+                                           is_bad_caption, random_text)
 
 BATCH_KEYS = {'tokens', 'targets', 'loss_mask', 'segment_ids', 'positions', 'images',
-              'image_valid', 'source_id', 'skipped_records'}
+              'image_valid', 'source_id', 'skipped_records', 'skipped_by_reason',
+              'dropped_images_by_reason'}
 
 
 def take(iterator, count):
@@ -55,6 +57,10 @@ def test_batches_follow_the_contract(config, tokenizer):
     assert batch['source_id'].dtype == np.int32 and batch['source_id'].shape == (8,)
     assert batch['skipped_records'].dtype == np.int32
     assert batch['skipped_records'].shape == (8,)
+    for key in ('skipped_by_reason', 'dropped_images_by_reason'):
+      assert batch[key].dtype == np.int32
+      assert batch[key].shape == (8, skip_reasons.NUM_REASONS)
+    np.testing.assert_array_equal(batch['skipped_records'], batch['skipped_by_reason'].sum(-1))
     assert batch['images'].shape == (8, 3, 16, 16, 3)
     for row in range(8):
       check_row({key: batch[key][row] for key in batch})  # runs whole, budgets kept
@@ -132,6 +138,88 @@ def test_exact_resume_with_worker_processes(config):
   assert_batches_equal(expected, actual)
   config.data.num_workers = 0  # the same batches as decoding in this process
   assert_batches_equal(take(grain_pipeline.make_iterator(config), 4)[2:], expected)
+
+
+def test_counts_by_reason_reach_the_batch_and_survive_a_restore(config, tmp_path):
+  """Skipped captions and images dropped from interleaved documents, counted per reason,
+  restored exactly from a saved iterator state."""
+  rng = np.random.default_rng(5)
+  records = []
+  for i in range(12):
+    images = [b'', encode_png(rng, 20, 24), b'', encode_png(rng, 16, 16), b'']
+    if i % 2:  # one image that does not decode, one over data.max_image_pixels
+      images[1], images[3] = b'not an image', encode_png(rng, 60, 60)
+    records.append({'id': f'doc{i}', 'images': images,
+                    'texts': [random_text(rng, 2, 9) if not image else '' for image in images]})
+  write_source('interleaved', records, str(tmp_path / 'docs'))
+  config.data.sources.interleaved.path = str(tmp_path / 'docs')
+  config.data.max_image_pixels = 2000  # above every caption image (at most 40 x 40)
+  only(config, 'captions', 'interleaved')
+  iterator = grain_pipeline.make_iterator(config)
+  before = take(iterator, 2)
+  state = json.loads(json.dumps(iterator.get_state()))  # as the checkpoint stores it
+  after = take(iterator, 4)
+  skipped = skip_reasons.as_dict(np.sum([b['skipped_by_reason'] for b in before + after], 0))
+  dropped = skip_reasons.as_dict(
+      np.sum([b['dropped_images_by_reason'] for b in before + after], 0))
+  # Captions with a corrupt or truncated image, or blank, are skipped; interleaved
+  # documents lose their bad images only (so none of them is skipped).
+  assert skipped.keys() == {skip_reasons.UNDECODABLE_IMAGE, skip_reasons.EMPTY_TEXT}
+  assert dropped.keys() == {skip_reasons.UNDECODABLE_IMAGE, skip_reasons.IMAGE_OVER_MAX_PIXELS}
+  interleaved = grain_pipeline.source_names(config).index('interleaved')
+  for batch in before + after:
+    assert np.all(batch['skipped_by_reason'][batch['source_id'] == interleaved] == 0)
+    assert np.all(batch['dropped_images_by_reason'][batch['source_id'] != interleaved] == 0)
+  assert all(b['skipped_by_reason'].sum() and b['dropped_images_by_reason'].sum()
+             for b in after[:2])  # what the restore must reproduce is not nothing
+  resumed = grain_pipeline.make_iterator(config)
+  resumed.set_state(state)
+  assert_batches_equal(after[:2], take(resumed, 2))
+
+
+def test_a_source_of_200_image_documents_makes_rows_that_all_teach(config, tmp_path):
+  """Interleaved documents of 200 images: every row carries loss tokens, and the images a
+  row cannot hold with their text are dropped and counted (data/dropped_images/row_full)."""
+  rng = np.random.default_rng(3)
+  pngs = [encode_png(rng, 20, 24) for _ in range(5)]
+  records = []
+  for i in range(6):
+    texts, images = [random_text(rng, 3, 8)], [b'']
+    for j in range(200):
+      texts.append('')
+      images.append(pngs[j % 5])
+      if i % 2 and j % 3 == 2:  # odd documents: a short text after every third image
+        texts.append(random_text(rng, 1, 4))
+        images.append(b'')
+    texts.append(random_text(rng, 2, 6))
+    images.append(b'')
+    records.append({'id': f'album{i}', 'texts': texts, 'images': images})
+  write_source('interleaved', records, str(tmp_path / 'albums'))
+  config.data.sources.interleaved.path = str(tmp_path / 'albums')
+  only(config, 'interleaved')
+  counts = skip_reasons.WindowCounts(['interleaved'])
+  images = 0
+  for batch in take(grain_pipeline.make_iterator(config), 6):
+    assert np.all(batch['loss_mask'].sum(-1) > 0), 'a row without loss tokens'
+    for row in range(batch['tokens'].shape[0]):
+      check_row({key: batch[key][row] for key in batch})
+    images += int(batch['image_valid'].sum())
+    counts.add(batch)
+  metrics = counts.metrics()
+  assert metrics['data/rows_without_loss'] == 0
+  assert metrics['data/interleaved_rows_without_loss'] == 0
+  assert metrics['data/dropped_images/row_full'] > 0
+  assert images > 48  # the odd documents keep most of their images, three to a row
+
+
+def test_max_image_pixels_reaches_the_decoder(config):
+  config.data.max_image_pixels = 12345
+  to_document = grain_pipeline.record_to_document(config, 'captions', None)
+  assert to_document.encoder.max_pixels == 12345
+  config.data.max_image_pixels = 100  # below every caption image of the conftest
+  with pytest.raises(ValueError, match=r'config\.data\.sources\.captions.*'
+                                       r'image_over_max_image_pixels \d+.*max_image_pixels=100'):
+    grain_pipeline.make_dataset(config)
 
 
 def test_two_processes_see_disjoint_records(config, tokenizer):

@@ -6,7 +6,7 @@ import grain
 import numpy as np
 import pytest
 
-from data_pipelines import fill_packing, packing
+from data_pipelines import cuts, fill_packing, packing, skip_reasons
 from data_pipelines.documents import Document, Skipped
 from tests.data_pipelines.conftest import (IMAGE_SIZE, IMAGE_TOKEN_ID, MAX_IMAGES,
                                            NUM_IMAGE_TOKENS, SEQ_LEN, check_row)
@@ -317,3 +317,141 @@ def test_fill_packing_rejects_a_whole_packing_state():
   fill = iter(packing.pack_documents(stream, mode='fill', **BUDGETS))
   with pytest.raises(ValueError, match="data.packing='whole'"):
     fill.set_state(whole.get_state())
+
+
+# Image-heavy documents: every piece of every row carries loss tokens (cuts.py).
+
+def image_heavy_documents():
+  """200-image documents of several shapes, as interleaved sources deliver them."""
+  make = DocumentMaker(seed=7)
+  return [
+      make([5] + [0] * 199 + [5]),  # one run of 200 consecutive images inside text
+      make([2] * 201),  # image, two text tokens, image, ...
+      make([0] * 201),  # only images: bos, 200 images, eos
+      make([0] * 100 + [1] + [0] * 99 + [0]),  # two runs of 100 split by one text token
+      make([40, 0, 0, 0, 0, 30]),  # a short run of 5 next to long texts
+  ]
+
+
+@pytest.mark.parametrize('mode', ['whole', 'fill'])
+def test_image_heavy_documents_make_rows_that_all_carry_loss(mode):
+  documents = image_heavy_documents()
+  rows = list(pack(documents, window=4, mode=mode))
+  for row in rows:
+    check_row(row)
+    assert row['loss_mask'].sum() > 0, 'a row without a single loss token'
+    for tokens, _ in segments_of(row):
+      assert tokens[-1] != IMAGE_TOKEN_ID, 'an image without text after it in its segment'
+  images_in = sum(d.num_images for d in documents)
+  images_out = sum(int(r['image_valid'].sum()) for r in rows)
+  dropped = sum(r[skip_reasons.DROPPED_KEY] for r in rows)
+  assert skip_reasons.as_dict(dropped) == {skip_reasons.ROW_FULL: images_in - images_out}
+  assert images_out > 200  # only the surplus of long runs of consecutive images goes
+  text_in = sum(int(np.sum(d.tokens != IMAGE_TOKEN_ID)) for d in documents)
+  assert sum(int(np.sum((r['tokens'] != IMAGE_TOKEN_ID) & (r['segment_ids'] > 0)))
+             for r in rows) == text_in  # all text is kept
+
+
+def test_a_cut_keeps_each_image_with_the_text_after_it():
+  make = DocumentMaker()
+  # Whole packing: the row ends right after an image run; the image goes with its text.
+  document = make([SEQ_LEN - 5, 10])  # bos, 59 text tokens, an image at 60..63, text, eos
+  chunks = packing.split_document(document, **BUDGETS)
+  assert len(chunks[0].tokens) == SEQ_LEN - 4 and chunks[0].num_images == 0
+  assert chunks[1].tokens[:K].tolist() == [IMAGE_TOKEN_ID] * K
+  # Fill packing: a row with room for one more image does not take an image without the
+  # text after it (that head would be [text, image]: no loss token, an image for nothing).
+  make = UniqueDocuments()
+  first = make([20, 0, 10])  # two images: the row keeps room for one
+  second = make([1, 0, 20])  # one text token, two images, text
+  rows = list(pack([first, second], mode='fill', window=1, min_piece_tokens=1))
+  for row in rows:
+    for tokens, _ in segments_of(row):
+      assert tokens[-1] != IMAGE_TOKEN_ID and cuts.has_target(np.asarray(tokens),
+                                                              IMAGE_TOKEN_ID)
+
+
+def test_fit_images_keeps_the_images_next_to_their_text():
+  make = DocumentMaker()
+  document = make([3] + [0] * 5 + [4])  # bos, 3 text, 6 consecutive images, 4 text, eos
+  fitted, dropped = cuts.fit_images(document, **BUDGETS)
+  assert dropped == 3 and fitted.num_images == MAX_IMAGES
+  np.testing.assert_array_equal(fitted.images, document.images[3:])  # the last three
+  expected = np.concatenate([document.tokens[:4], [IMAGE_TOKEN_ID] * 3 * K,
+                             document.tokens[-5:]])
+  np.testing.assert_array_equal(fitted.tokens, expected)
+  # Images after the last text token keep only what the last row has room for.
+  trailing = make([3, 0, 1, 0, 0, 0, 0], add_eos=False)  # text, 2 images, text, 4 images
+  fitted, dropped = cuts.fit_images(trailing, **BUDGETS)
+  assert (fitted.num_images, dropped) == (3, 3)
+  np.testing.assert_array_equal(fitted.images, trailing.images[:3])
+  assert cuts.fit_images(make([3, 2, 1]), **BUDGETS)[1] == 0  # nothing to drop
+
+
+def count_stream(count, seed=0):
+  """Documents, image-heavy documents, documents without targets and Skipped markers of
+  every record reason, some documents carrying images dropped at decode time."""
+  make, rng = DocumentMaker(seed), np.random.default_rng(seed)
+  record_reasons = [r for r in skip_reasons.REASONS
+                    if r not in (skip_reasons.ROW_FULL, skip_reasons.NO_LOSS_TOKENS)]
+  stream = []
+  for i in range(count):
+    shape = i % 6
+    if shape == 0:
+      stream.append(Skipped(f'bad {i}', record_reasons[i // 6 % len(record_reasons)],
+                            {skip_reasons.UNDECODABLE_IMAGE: 1} if i % 4 == 0 else {}))
+    elif shape == 1:
+      stream.append(Document(make([0] * 8).tokens, make([0] * 8).images,
+                             {skip_reasons.EMPTY_IMAGE: 2}))  # 7 consecutive images
+    elif shape == 2:
+      stream.append(Document(np.asarray([BOS], np.int32),
+                             np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)))  # no target
+    else:
+      stream.append(make([int(rng.integers(0, 30)) for _ in range(rng.integers(1, 6))]))
+  return stream
+
+
+def expected_counts(stream):
+  skipped, dropped = skip_reasons.zeros(), skip_reasons.zeros()
+  for element in stream:
+    dropped += skip_reasons.vector(element.dropped_images)
+    if isinstance(element, Skipped):
+      skipped += skip_reasons.vector({element.slug: 1})
+    else:
+      dropped += skip_reasons.vector({skip_reasons.ROW_FULL: cuts.fit_images(
+          element, **BUDGETS)[1]})
+      if not cuts.has_target(element.tokens, IMAGE_TOKEN_ID):
+        skipped += skip_reasons.vector({skip_reasons.NO_LOSS_TOKENS: 1})
+  return skipped, dropped
+
+
+@pytest.mark.parametrize('mode', ['whole', 'fill'])
+def test_counts_by_reason_reach_the_rows_and_survive_a_restore(mode):
+  stream = count_stream(60)
+  rows = list(pack(stream, mode=mode, window=4))
+  skipped, dropped = expected_counts(stream)
+  assert np.all(skipped[:-1] > 0)  # every reason but ROW_FULL (an image reason) occurs
+  np.testing.assert_array_equal(sum(r[skip_reasons.SKIPPED_KEY] for r in rows), skipped)
+  np.testing.assert_array_equal(sum(r[skip_reasons.DROPPED_KEY] for r in rows), dropped)
+  for row in rows:
+    assert row['num_skipped'] == row[skip_reasons.SKIPPED_KEY].sum()
+    assert row[skip_reasons.SKIPPED_KEY].dtype == np.int32
+    assert row[skip_reasons.SKIPPED_KEY].shape == (skip_reasons.NUM_REASONS,)
+  # Restored mid-stream (through JSON, as the checkpoint stores it): the same rows, the
+  # same counts, none counted twice.
+  repeated = packing.pack_documents(grain.MapDataset.source(stream).repeat().to_iter_dataset(),
+                                    mode=mode, window=4, **BUDGETS)
+  for taken in (1, 4, 9):
+    iterator = iter(repeated)
+    for _ in range(taken):
+      next(iterator)
+    state = json.loads(json.dumps(iterator.get_state()))
+    expected = [next(iterator) for _ in range(8)]
+    assert sum(int(r['num_skipped']) + int(r[skip_reasons.DROPPED_KEY].sum())
+               for r in expected) > 0
+    resumed = iter(repeated)
+    resumed.set_state(state)
+    for want in expected:
+      got = next(resumed)
+      for key in want:
+        np.testing.assert_array_equal(want[key], got[key], err_msg=key)
