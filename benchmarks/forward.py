@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+# This checkout's packages, not whichever copy is installed (as the other benchmarks do).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import tiny
-from mm1_jax.models import MM1
-from mm1_jax.models.flops import forward_flops_per_sequence
-from mm1_jax.train.flops import measured_matmul_flops
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from experiments import tiny  # noqa: E402
+from mm1_jax.models import MM1  # noqa: E402
+from mm1_jax.models.flops import forward_flops_per_sequence  # noqa: E402
+from mm1_jax.train.flops import measured_matmul_flops  # noqa: E402
 
 
 def benchmark_config(seq_len: int):
