@@ -39,6 +39,9 @@ from mm1_jax.models.connectors import token_side
 from mm1_jax.models.decoder import expert_width, is_moe_layer, moe_every
 from mm1_jax.models.vit import num_blocks, outputs_class_token
 
+# Training FLOPs per forward FLOP: the forward pass and the backward pass's two matmuls.
+TRAINING_PER_FORWARD = 3.0
+
 # ----------------------------------------------------------------------- building blocks
 
 
@@ -244,7 +247,7 @@ def train_flops_by_part(config, num_images: float | None = None) -> dict[str, fl
                                 - attention - head),
       'lm_head': rows * head,
   }
-  return {part: 3.0 * flops for part, flops in forward.items()}
+  return {part: TRAINING_PER_FORWARD * flops for part, flops in forward.items()}
 
 
 def train_flops_per_step(config, num_images: float | None = None) -> float:
@@ -263,10 +266,10 @@ def forward_flops_per_sequence(config, num_images: float | None = None) -> float
 
 def model_flops_per_sequence(config, num_images: float | None = None) -> float:
   """Training FLOPs (3x forward) of one sequence; see forward_flops_per_sequence."""
-  return 3.0 * forward_flops_per_sequence(config, num_images)
+  return TRAINING_PER_FORWARD * forward_flops_per_sequence(config, num_images)
 
 
-__all__ = ['model_flops_per_sequence', 'forward_flops_per_sequence', 'train_flops_per_step', 'train_flops_by_part',
-           'decoder_forward_flops', 'decoder_attention_flops', 'decoder_layer_flops',
+__all__ = ['model_flops_per_sequence', 'forward_flops_per_sequence', 'train_flops_per_step',
+           'train_flops_by_part', 'decoder_forward_flops', 'decoder_attention_flops', 'decoder_layer_flops',
            'lm_head_flops', 'moe_flops', 'vit_forward_flops', 'vit_block_flops',
            'connector_forward_flops', 'image_forward_flops']
