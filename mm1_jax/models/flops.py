@@ -24,10 +24,13 @@ Conventions:
   d_model FLOPs each per group; 'dropless' runs exactly the top_k assignments in a grouped
   matmul (`jax.lax.ragged_dot`), which XLA:CPU lowers to a masked dense dot over all E
   experts (E times the experts' FLOPs).
-- Images: the ViT and the connector count per image, and a step counts the images it
-  holds. The ViT counts the blocks that run up to `feature_layer`; its class token, when
-  used, is a token of every block. The attnpool connector projects its learned queries
-  once per call, not per image: counted nothing (2 K d_model^2 a step at most).
+- Rows and images: the decoder counts every position of its data.seq_len-token rows,
+  padding included. The ViT and the connector count per image, and a step counts the
+  images it is given: the trainer passes the valid images it saw (empty slots, which the
+  ViT also runs on, are not model work), the AOT report every slot. The ViT counts the
+  blocks that run up to `feature_layer`; its class token, when used, is a token of every
+  block. The attnpool connector projects its learned queries once per call, not per
+  image: counted nothing (2 K d_model^2 per forward call).
 - Training is 3x the forward pass: the backward pass runs two matmuls per forward one
   (gradients for the input and for the weight). Rematerialisation's recomputation and the
   optimizer are not counted: these are model FLOPs, not the hardware's.
@@ -56,12 +59,10 @@ def attention_flops(queries: float, keys: int, num_heads: int, head_dim: int) ->
 
 
 def attention_projection_flops(tokens: float, width: int, num_heads: int, num_kv_heads: int,
-                               head_dim: int, out_width: int | None = None) -> float:
+                               head_dim: int) -> float:
   """The query, key, value and output projections of `tokens` tokens."""
-  out_width = width if out_width is None else out_width
-  return (matmul_flops(tokens, width, num_heads * head_dim)
-          + 2 * matmul_flops(tokens, width, num_kv_heads * head_dim)
-          + matmul_flops(tokens, num_heads * head_dim, out_width))
+  return (2 * matmul_flops(tokens, width, num_heads * head_dim)
+          + 2 * matmul_flops(tokens, width, num_kv_heads * head_dim))
 
 
 # --------------------------------------------------------------------------------- ViT
@@ -270,6 +271,7 @@ def model_flops_per_sequence(config, num_images: float | None = None) -> float:
 
 
 __all__ = ['model_flops_per_sequence', 'forward_flops_per_sequence', 'train_flops_per_step',
-           'train_flops_by_part', 'decoder_forward_flops', 'decoder_attention_flops', 'decoder_layer_flops',
-           'lm_head_flops', 'moe_flops', 'vit_forward_flops', 'vit_block_flops',
-           'connector_forward_flops', 'image_forward_flops']
+           'train_flops_by_part', 'decoder_forward_flops', 'decoder_attention_flops',
+           'decoder_layer_flops', 'lm_head_flops', 'moe_flops', 'vit_forward_flops',
+           'vit_block_flops', 'connector_forward_flops', 'image_forward_flops',
+           'TRAINING_PER_FORWARD']
