@@ -5,7 +5,8 @@
 A train step (forward, backward, AdamW update) of a decoder whose feed-forward blocks are
 top-2-of-8 MoE layers (expert width d_ff) every `--every`-th layer, SwiGLU of width 2 * d_ff
 in the others, against the same decoder with dense SwiGLU blocks of width 2 * d_ff
-everywhere: the same active matmul parameters and FLOPs per token (plus the router). The MoE
+everywhere: the same active matmul parameters and FLOPs per token (plus the router; the JSON
+holds both decoders' forward model FLOPs per step from mm1_jax.models.flops). The MoE
 decoder is mm1_jax's Decoder with model.moe set (an MoE layer every `--every`-th layer,
 scanned as in the pod configs with --scan), its auxiliary losses added to the loss as the
 train step does. The two steps are timed alternately and the best of several repeats is
@@ -29,6 +30,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from experiments import tiny  # noqa: E402
+from mm1_jax.models import flops as model_flops  # noqa: E402
 from mm1_jax.models.decoder import Decoder  # noqa: E402
 
 
@@ -110,15 +112,21 @@ def main(argv=None):
   parser.add_argument('--scan', action='store_true', help='scan over layers (groups)')
   args = parser.parse_args(argv)
 
-  moe = Decoder(_decoder_config(args, args.top_k * args.d_ff), moe_config=_moe_config(args),
-                rngs=nnx.Rngs(0))
-  dense = Decoder(_decoder_config(args, args.top_k * args.d_ff), rngs=nnx.Rngs(0))
+  decoder_config, moe_config = _decoder_config(args, args.top_k * args.d_ff), _moe_config(args)
+  moe = Decoder(decoder_config, moe_config=moe_config, rngs=nnx.Rngs(0))
+  dense = Decoder(decoder_config, rngs=nnx.Rngs(0))
+  # Forward FLOPs of a step as the model counts them: the MoE dispatch's own work
+  # (capacity slots, permutations) is not model work.
+  forward_flops = lambda moe_config: args.batch * model_flops.decoder_forward_flops(
+      decoder_config, args.length, moe_config)
   runs = {'moe': make_step(moe, args.batch, args.length),
           'dense': make_step(dense, args.batch, args.length)}
   count = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
   seconds = time_alternately(runs, args.steps, args.repeats)
   result = dict(vars(args), backend=jax.default_backend(), moe_step_s=seconds['moe'],
                 dense_step_s=seconds['dense'], moe_params=count(moe), dense_params=count(dense),
+                moe_forward_flops=forward_flops(moe_config),
+                dense_forward_flops=forward_flops(None),
                 ratio=seconds['moe'] / seconds['dense'])
   print(json.dumps(result, indent=1))
   print(f"MoE/dense step time: {result['ratio']:.3f} (top-{args.top_k} of {args.experts}, "

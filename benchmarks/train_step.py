@@ -4,7 +4,7 @@
     python benchmarks/train_step.py --batch_size 8 --attention cudnn   # one GPU
 
 Prints two ratios, then the JSON they are computed from:
-  * mfu_vs_matmul: the train step's achieved FLOP/s (model FLOPs of mm1_jax.train.flops
+  * mfu_vs_matmul: the train step's achieved FLOP/s (model FLOPs of mm1_jax.models.flops
     over the measured step time) over the FLOP/s of a large float32 matmul on the same
     devices in the same process (goal >= 0.6 on CPU, for a compute-bound config);
   * save_block_over_step: how long an asynchronous checkpoint save blocks the training
@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from experiments import tiny  # noqa: E402
 from mm1_jax.parallel import mesh as mesh_lib  # noqa: E402
+from mm1_jax.models import flops as model_flops  # noqa: E402
 from mm1_jax.train import checkpoint as checkpoint_lib  # noqa: E402
 from mm1_jax.train import flops as flops_lib  # noqa: E402
 from mm1_jax.train import optimizer as optimizer_lib  # noqa: E402
@@ -141,7 +142,7 @@ def measure(config, steps: int, measure_save: bool = True) -> dict:
         checkpointer.close()
 
   num_images = float(host_batch['image_valid'].sum())
-  flops_per_step = flops_lib.train_flops_per_step(config, state['params'], num_images=num_images)
+  flops_per_step = model_flops.train_flops_per_step(config, num_images=num_images)
   peak, peak_source = flops_lib.peak_flops()
   device = jax.devices()[0]
   if device.platform == 'cpu':

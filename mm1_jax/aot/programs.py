@@ -88,7 +88,7 @@ def train_program(config, mesh) -> Program:
   num_sources = max(1, sum(1 for name in config.data.sources
                            if config.data.weights.get(name, 0) > 0))
   jitted = step_lib.jit_train_step(config, layout, batch_shardings, tx, num_sources)
-  flops = model_flops.model_flops_per_sequence(config) * config.train.batch_size
+  flops = model_flops.train_flops_per_step(config)  # every image slot filled
   return Program('train', jitted, (layout.abstract, batch), flops, num_params)
 
 

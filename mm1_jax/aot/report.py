@@ -160,8 +160,7 @@ def opaque_flops(config, step: str) -> float:
   """Model FLOPs of one step (all chips) that run in kernels the cost analysis cannot see."""
   if step != 'train' or config.model.decoder.attention not in OPAQUE_ATTENTION:
     return 0.0
-  per_row = model_flops.decoder_attention_flops(config.model.decoder, config.data.seq_len)
-  return 3.0 * per_row * config.train.batch_size
+  return model_flops.train_flops_by_part(config)['decoder_attention']
 
 
 def _probe_config(config, decoder_units: int | None, vit_blocks: int | None):

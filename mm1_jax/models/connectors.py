@@ -2,10 +2,9 @@
 
 One interface, chosen by `config.model.connector.kind` through the `CONNECTORS` registry:
 a connector class takes `(model_config, *, rngs, dtype)` and maps the ViT output to K
-tokens of the decoder's width; its `forward_flops(model_config, grid)` (static) gives the
-forward FLOPs per image for a grid x grid patch layout. Every kind works on any square
-patch grid (the grid is read from the features), so the ViT may run at another
-resolution than configured.
+tokens of the decoder's width (its FLOPs are counted in mm1_jax.models.flops, with every
+other part's). Every kind works on any square patch grid (the grid is read from the
+features), so the ViT may run at another resolution than configured.
 
 - 'avgpool': the class token dropped, the patches laid out on their grid and averaged to
   sqrt(K) x sqrt(K) cells by AREA-WEIGHTED pooling (`area_pooling_matrix`: output cell i
@@ -98,10 +97,6 @@ class ReadoutMLP(nnx.Module):
       x = layer(x)
     return constrain(x, TOKEN_NAMES)
 
-  @staticmethod
-  def flops(in_features: int, d_model: int, depth: int) -> float:
-    return 2.0 * (in_features * d_model + (depth - 1) * d_model * d_model)
-
 
 def _gelu(x):
   return jax.nn.gelu(x, approximate=True)
@@ -123,13 +118,6 @@ class AvgPoolConnector(nnx.Module):
     pooled = area_pool(grid, self.side)
     pooled = pooled.reshape(pooled.shape[0], self.side * self.side, pooled.shape[-1])
     return self.readout(constrain(pooled, TOKEN_NAMES))
-
-  @staticmethod
-  def forward_flops(model_config, grid: int) -> float:
-    c, k = model_config.vit.width, model_config.connector.num_tokens
-    side = token_side(k)
-    pool = 2.0 * c * (side * grid * grid + side * side * grid)  # the two pooling einsums
-    return pool + k * ReadoutMLP.flops(c, model_config.decoder.d_model, 2)
 
 
 class AttnPoolConnector(nnx.Module):
@@ -167,13 +155,6 @@ class AttnPoolConnector(nnx.Module):
     attended = jnp.einsum('nmkp,npmh->nkmh', weights, v)
     tokens = jnp.einsum('nkmh,mhd->nkd', attended, self.out[...].astype(dt))
     return self.readout(constrain(tokens, TOKEN_NAMES))
-
-  @staticmethod
-  def forward_flops(model_config, grid: int) -> float:
-    c, d, k = model_config.vit.width, model_config.decoder.d_model, model_config.connector.num_tokens
-    p = grid * grid + int(outputs_class_token(model_config.vit))
-    return 2.0 * (2 * p * c * d + k * d * d + 2 * k * p * d + k * d * d) + \
-        k * ReadoutMLP.flops(d, d, 2)
 
 
 def depthwise_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -220,13 +201,6 @@ class BottleneckBlock(nnx.Module):
     shortcut = x if self.shortcut is None else self.shortcut_norm(self.shortcut(x))
     return jax.nn.silu(h + shortcut)
 
-  @staticmethod
-  def flops(in_channels: int, channels: int, cells: int) -> float:
-    squeeze = max(1, channels // 4)
-    per_cell = in_channels * channels + 9 * channels + channels * channels
-    per_cell += in_channels * channels if in_channels != channels else 0
-    return 2.0 * (cells * per_cell + 2 * channels * squeeze)
-
 
 class CAbstractor(nnx.Module):
   """Honeybee's C-Abstractor: stage, adaptive average pooling, stage, MLP readout."""
@@ -258,17 +232,6 @@ class CAbstractor(nnx.Module):
       x = block(x)
     x = x.reshape(x.shape[0], self.side * self.side, x.shape[-1])
     return self.readout(constrain(x, TOKEN_NAMES))
-
-  @staticmethod
-  def forward_flops(model_config, grid: int) -> float:
-    connector = model_config.connector
-    d, c = model_config.decoder.d_model, model_config.vit.width
-    width, k = connector.width or d, connector.num_tokens
-    total = BottleneckBlock.flops(c, width, grid * grid)
-    total += (connector.depth - 1) * BottleneckBlock.flops(width, width, grid * grid)
-    total += connector.depth * BottleneckBlock.flops(width, width, k)
-    total += 2.0 * width * (token_side(k) * grid * grid + k * grid)
-    return total + k * ReadoutMLP.flops(width, d, connector.mlp_depth)
 
 
 CONNECTORS = {

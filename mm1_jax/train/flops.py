@@ -1,9 +1,7 @@
-"""Model FLOPs per step and the peak they are measured against (for MFU).
+"""The peak FLOP/s that MFU is measured against; the model FLOPs come from elsewhere.
 
-Training FLOPs are 3x the forward FLOPs (forward + two backward matmuls). Forward:
-2 FLOPs per parameter per token for every matmul weight, plus attention scores and
-values (2 x 2 x length x width per token and layer; causal masking is not discounted,
-the common convention). This is an estimate: the model issue refines it per part.
+The FLOPs of a step are counted in one place, `mm1_jax.models.flops` (the conventions are
+its docstring's); `train_flops_per_step` is re-exported here for the trainer.
 
 The peak is the chip's published dense bf16 rate where it is known, and on CPU the
 measured rate of a large float32 matmul in this same process, so a CPU MFU says how close
@@ -18,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mm1_jax.models.flops import inactive_expert_params
+from mm1_jax.models.flops import train_flops_per_step  # the trainer's count
 
 # Dense bf16 peak FLOP/s per chip, by jax device_kind prefix.
 KNOWN_PEAKS = {
@@ -33,30 +31,6 @@ KNOWN_PEAKS = {
     'TPU v6 lite': 918e12,
     'TPU v6e': 918e12,
 }
-
-
-def _count(tree) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(tree))
-
-
-def train_flops_per_step(config, params, *, num_images: float) -> float:
-  """Estimated training FLOPs of one step of `config.train.batch_size` rows."""
-  vit_cfg, dec_cfg, data = config.model.vit, config.model.decoder, config.data
-  vit_params = _count(params.get('vit', {}))
-  connector_params = _count(params.get('connector', {}))
-  decoder_params = _count(params.get('decoder', {}))
-  embed = dec_cfg.vocab_size * dec_cfg.d_model
-  # The input embedding is a gather, not a matmul; a tied table is still used by the head.
-  decoder_matmul = decoder_params - (0 if dec_cfg.tie_embeddings else embed)
-  # A token runs top_k of an MoE layer's experts (models/flops.py).
-  decoder_matmul -= inactive_expert_params(config.model)
-  tokens = config.train.batch_size * data.seq_len
-  patches = (vit_cfg.image_size // vit_cfg.patch_size) ** 2
-  forward = 2 * decoder_matmul * tokens
-  forward += 4 * dec_cfg.num_layers * data.seq_len * dec_cfg.d_model * tokens
-  forward += num_images * (2 * vit_params * patches + 4 * vit_cfg.depth * patches ** 2 * vit_cfg.width)
-  forward += num_images * 2 * connector_params * patches
-  return 3.0 * forward
 
 
 def measured_matmul_flops(size: int = 512, repeats: int = 5, dtype=np.float32) -> float:
@@ -84,3 +58,6 @@ def peak_flops() -> tuple[float, str]:
     if device.device_kind.startswith(prefix):
       return peak * jax.local_device_count(), f'{prefix} bf16 peak'
   return measured_matmul_flops(), f'measured f32 matmul on {device.platform}'
+
+
+__all__ = ['KNOWN_PEAKS', 'measured_matmul_flops', 'peak_flops', 'train_flops_per_step']

@@ -334,7 +334,7 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
           nonfinite_guard.check_all()
           seconds = time.perf_counter() - window_start
           flops_per_step = flops_lib.train_flops_per_step(
-              config, state['params'], num_images=window_images / len(window))
+              config, num_images=window_images / len(window))
           logged = _window_metrics(window, source_names, seconds, tokens_per_step,
                                    flops_per_step, total_peak)
           logged['lr'] = float(schedule(step - 1))
