@@ -20,11 +20,13 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)
   from mm1_jax import config_lib
   from mm1_jax.parallel import distributed
+  from mm1_jax.train import checkpoint as checkpoint_lib
   from mm1_jax.train import trainer
   distributed.initialize_from_env()
   try:
     summary = trainer.train(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, FileNotFoundError, trainer.NonFiniteError) as e:
+  except (config_lib.ConfigError, FileNotFoundError, trainer.NonFiniteError,
+          checkpoint_lib.UnreadableCheckpointsError, checkpoint_lib.CheckpointSaveError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   print(summary.describe())
