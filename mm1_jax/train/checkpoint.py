@@ -32,8 +32,8 @@ Faults, and what they never cost:
   * A failed save. An asynchronous save that fails is reported at the first
     `raise_if_save_failed` after the failure (the trainer calls it after every step) and
     at `save`/`wait`, as `CheckpointSaveError` naming the step and the cause, after
-    removing the temporary directory Orbax made for that step (only it: the entries of
-    that step that did not exist before the save and that Orbax considers temporary).
+    removing the temporary directory Orbax made for that step (only it: Orbax's
+    temporary path of that step, once Orbax's writers of the save have stopped).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class Checkpointer:
         step_name_format=self._name_format)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=('state', 'data', 'config'))
-    self._in_flight: tuple[int, set[str]] | None = None  # (step, its entries before the save)
+    self._in_flight: int | None = None  # the step being saved
     self._taken_warned: set[int] = set()
 
   # -- what is there ------------------------------------------------------------------
@@ -327,7 +327,7 @@ class Checkpointer:
       items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
     if config is not None:
       items['config'] = ocp.args.JsonSave(json.loads(config.to_json_best_effort()))
-    self._in_flight = (step, self._entries_of(step))
+    self._in_flight = step
     try:
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:  # noqa: BLE001
@@ -363,23 +363,18 @@ class Checkpointer:
     finally:
       self._manager.close()
 
-  def _entries_of(self, step: int) -> set[str]:
-    name = self._name_format.build_name(step)
-    if not os.path.isdir(self.directory):
-      return set()
-    return {n for n in os.listdir(self.directory)
-            if n == name or n.startswith(name + ocp.step.TMP_DIR_SUFFIX)}
-
   def _failed(self, error: BaseException) -> CheckpointSaveError:
     """Removes the temporary directory of the failed save in flight; the error to raise."""
-    step, before = self._in_flight
-    self._in_flight = None
+    step, self._in_flight = self._in_flight, None
     _join_orbax_writers(timeout=_WRITERS_TIMEOUT_S)
     removed = []
     if jax.process_index() == 0:
-      for name in sorted(self._entries_of(step) - before):
-        path = epath.Path(self.directory) / name
-        if ocp.step.is_path_temporary(path):
+      # Orbax writes step N into N.orbax-checkpoint-tmp (replacing an unfinished one of that
+      # name) and renames it; on storage without atomic rename (gs://) into N itself, done
+      # when it holds commit_success.txt. N did not exist before this save (see `save`).
+      final = epath.Path(self.step_path(step))
+      for path in (final.parent / (final.name + ocp.step.TMP_DIR_SUFFIX), final):
+        if path.exists() and ocp.step.is_path_temporary(path):
           path.rmtree(missing_ok=True)
           removed.append(str(path))
     cleanup = (f'; removed its temporary directory {", ".join(removed)}' if removed
