@@ -349,11 +349,11 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
   write_run_files(config, workdir)
   if restored is not None:
     _report_resume(checkpointer, restored, comparison, is_main)
-    if is_main:
-      moved = logging_lib.set_aside_after(workdir, start_step)
-      if moved:
-        print(f'{moved} metrics.jsonl records after step {start_step} moved to '
-              f'{logging_lib.SUPERSEDED_FILE}')
+  if is_main:  # records of steps no checkpoint holds (an attempt killed before saving them)
+    moved = logging_lib.set_aside_after(workdir, start_step)
+    if moved:
+      print(f'{moved} metrics.jsonl records after step {start_step} moved to '
+            f'{logging_lib.SUPERSEDED_FILE}')
 
   # Per process: this process's step share of the FLOPs over its own devices' peak
   # (measured outside the job's mesh: it runs on this process's devices only).
@@ -361,7 +361,7 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
   with jax.set_mesh(mesh):
     writer = logging_lib.MetricWriter(
         workdir, tensorboard=config.log.tensorboard, enabled=is_main,
-        purge_step=start_step + 1 if restored is not None else None)
+        purge_step=start_step + 1)
     if comparison is not None:
       writer.write_config_change(start_step, comparison.changes)
     total_peak = peak * jax.process_count()
