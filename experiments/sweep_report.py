@@ -13,21 +13,21 @@ import os
 import re
 from collections import defaultdict
 
+from mm1_jax.train import logging_lib
+
 EVAL_KEY = re.compile(r'^eval/(?P<task>[^/]+)/(?P<shots>\d+)shot$')
 
 
 def read_run(workdir: str) -> dict[str, float]:
   """The last logged value of each loss/ and eval/ metric of a training workdir."""
-  path = os.path.join(workdir, 'metrics.jsonl')
+  path = os.path.join(workdir, logging_lib.METRICS_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path}: the run has no metrics')
   latest: dict[str, float] = {}
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      record = json.loads(line)
-      for key, value in record.items():
-        if (key == 'loss' or key.startswith(('loss/', 'eval/'))) and isinstance(value, (int, float)):
-          latest[key] = float(value)
+  for record in logging_lib.read_steps(workdir).values():  # in step order
+    for key, value in record.items():
+      if (key == 'loss' or key.startswith(('loss/', 'eval/'))) and isinstance(value, (int, float)):
+        latest[key] = float(value)
   return latest
 
 

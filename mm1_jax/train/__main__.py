@@ -35,13 +35,15 @@ def train_command(config, workdir: str) -> None:
   from mm1_jax import config_lib
   from mm1_jax.parallel import distributed
   from mm1_jax.parallel import mesh as mesh_lib
+  from mm1_jax.train import checkpoint as checkpoint_lib
   from mm1_jax.train import trainer
   distributed.initialize_from_env()
   try:
     config_lib.validate(config)
     mesh_lib.mesh_shape(config.mesh, jax.device_count())  # before any data or model work
     summary = trainer.train(config, workdir)
-  except (config_lib.ConfigError, FileNotFoundError, trainer.NonFiniteError) as e:
+  except (config_lib.ConfigError, FileNotFoundError, trainer.NonFiniteError,
+          checkpoint_lib.UnreadableCheckpointsError, checkpoint_lib.CheckpointSaveError) as e:
     cli.fail(e)
   print(summary.describe())
 

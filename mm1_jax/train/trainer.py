@@ -1,7 +1,14 @@
 """The training loop: set-up, resume, steps, logging, checkpoints, summary.
 
 `train(config, workdir)` is what `python -m mm1_jax.train` runs. Re-running it on the same
-workdir resumes from the latest complete checkpoint, data position included. SIGTERM (a
+workdir resumes from the latest readable checkpoint, data position included (an unreadable
+newer one is reported and passed over, see checkpoint.py). The config is first compared
+with the one the checkpoint saved (resume_check.py): a change the resume cannot follow is
+refused before anything is written to the workdir; config.json and the tokenizer copy are
+written only once the restore succeeded, and the allowed changes are printed and recorded
+in metrics.jsonl. metrics.jsonl records of steps after the restored one are set aside
+(logging_lib.py), so each step is recorded once. A checkpoint save that fails stops the run
+at the next step, naming the step and the cause. SIGTERM (a
 preemption notice) and `train.max_runtime` make it finish the current step, save, wait for
 the save to be durable and return normally. With several processes the stop is agreed
 after every step (any process's reason stops all at the same step), since a process that
@@ -38,6 +45,7 @@ from mm1_jax.train import checkpoint as checkpoint_lib
 from mm1_jax.train import flops as flops_lib
 from mm1_jax.train import logging_lib
 from mm1_jax.train import optimizer as optimizer_lib
+from mm1_jax.train import resume_check
 from mm1_jax.train import state as state_lib
 from mm1_jax.train import step as step_lib
 
@@ -64,6 +72,7 @@ class Summary:
   final_eval: dict[str, float] = dataclasses.field(default_factory=dict)
   skipped_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
   dropped_images_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
+  unsaved_checkpoints: list[int] = dataclasses.field(default_factory=list)
 
   def describe(self) -> str:
     lines = [f'trained steps {self.start_step} -> {self.steps} in {self.seconds:.1f} s'
@@ -82,6 +91,9 @@ class Summary:
     if self.nonfinite_steps:
       lines.append(f'non-finite steps skipped: {self.nonfinite_steps}')
     lines.append(f'checkpoints: {os.path.join(self.workdir, "checkpoints")} steps {self.checkpoints}')
+    if self.unsaved_checkpoints:
+      lines.append(f'not saved (the step number is held by an unreadable checkpoint): '
+                   f'steps {self.unsaved_checkpoints}')
     lines.append(f'metrics: {os.path.join(self.workdir, "metrics.jsonl")}')
     return '\n'.join(lines)
 
@@ -240,28 +252,79 @@ def _window_metrics(window: list[dict], source_names: list[str], seconds: float,
   return out
 
 
-def prepare_workdir(config, workdir: str):
-  """Validates the config, makes sure the data exists and writes what every run directory
-  holds besides checkpoints (config.json, the tokenizer). Returns (workdir, tokenizer)."""
+def check_run_inputs(config, workdir: str):
+  """Validates the config, makes sure the data exists and loads the tokenizer; writes
+  nothing to the workdir. Returns (absolute workdir, tokenizer)."""
   config_lib.validate(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  is_main = jax.process_index() == 0
-  if is_main:
-    _write_json_atomic(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
   prepare_data(config)
   tokenizer = grain_pipeline.load_tokenizer(config)
   check_tokenizer(config, tokenizer)
-  if is_main:
-    tokenizer_copy = os.path.join(workdir, TOKENIZER_FILE)
-    shutil.copyfile(grain_pipeline.resolve_path(config, config.data.tokenizer),
-                    tokenizer_copy + '.tmp')
-    os.replace(tokenizer_copy + '.tmp', tokenizer_copy)
   return workdir, tokenizer
 
 
+def write_run_files(config, workdir: str) -> None:
+  """Writes what every run directory holds besides checkpoints: config.json and the
+  tokenizer (process 0; each file through a temporary name)."""
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() != 0:
+    return
+  _write_json_atomic(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+  tokenizer_copy = os.path.join(workdir, TOKENIZER_FILE)
+  shutil.copyfile(grain_pipeline.resolve_path(config, config.data.tokenizer),
+                  tokenizer_copy + '.tmp')
+  os.replace(tokenizer_copy + '.tmp', tokenizer_copy)
+
+
+def prepare_workdir(config, workdir: str):
+  """`check_run_inputs` then `write_run_files`, for a new run directory (the importers).
+  Returns (workdir, tokenizer)."""
+  workdir, tokenizer = check_run_inputs(config, workdir)
+  write_run_files(config, workdir)
+  return workdir, tokenizer
+
+
+def _restore_or_init(config, checkpointer, layout, tx, iterator):
+  """(state, Restored or None, resume_check.Comparison or None): the newest readable
+  checkpoint, once its saved config allows the resume (else raises), or a fresh state."""
+  comparisons = []
+
+  def check(step: int, saved: dict, saved_process_count: int | None) -> bool:
+    comparison = resume_check.compare(saved, config, saved_process_count=saved_process_count,
+                                      process_count=jax.process_count())
+    comparison.raise_if_refused(step, checkpointer.directory)
+    comparisons.append(comparison)
+    return not comparison.restart_data
+
+  restored = checkpointer.restore_latest(layout.abstract, iterator, check=check)
+  if restored is None:
+    return state_lib.init_state(config, layout, tx), None, None
+  return restored.state, restored, comparisons[-1] if comparisons else None
+
+
+def _report_resume(checkpointer, restored, comparison, is_main: bool) -> None:
+  if not is_main:
+    return
+  for step, cause in restored.unreadable:
+    print(f'warning: checkpoint {step} is unreadable ({cause}); restored {restored.step} '
+          f'instead. {checkpointer.step_path(step)} is left as it is and recorded in '
+          f'{checkpointer.directory}/{checkpoint_lib.UNREADABLE_FILE}')
+  for step, cause in sorted(checkpointer.unreadable_steps().items()):
+    if step > restored.step and step not in dict(restored.unreadable):
+      print(f'note: checkpoint {step} passed over: recorded as unreadable ({cause})')
+  print(f'Resuming from {checkpointer.directory}/{restored.step}')
+  if comparison is not None and comparison.changes:
+    print(f'config changes since checkpoint {restored.step} (recorded in metrics.jsonl): '
+          f'{comparison.describe()}')
+  if comparison is not None and comparison.restart_data:
+    print('data.shards changed: the data stream restarts from its beginning')
+  elif not restored.data_restored:
+    print(f'checkpoint {restored.step} holds no data position: the data stream starts '
+          'from its beginning')
+
+
 def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
-  workdir, tokenizer = prepare_workdir(config, workdir)
+  workdir, tokenizer = check_run_inputs(config, workdir)
   is_main = jax.process_index() == 0
   source_names = grain_pipeline.source_names(config)
 
@@ -281,19 +344,31 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
       use_async=bool(config.checkpoint['async']))
   iterator = grain_pipeline.make_iterator(
       config, process_index=jax.process_index(), process_count=jax.process_count())
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    state = checkpointer.restore(latest, layout.abstract, iterator)
-    print(f'Resuming from {checkpointer.directory}/{latest}')
-  else:
-    state = state_lib.init_state(config, layout, tx)
+  try:
+    state, restored, comparison = _restore_or_init(config, checkpointer, layout, tx, iterator)
+  except BaseException:
+    checkpointer.close()
+    raise
   start_step = int(jax.device_get(state['step']))
+  # Only now does the run write to the workdir.
+  write_run_files(config, workdir)
+  if restored is not None:
+    _report_resume(checkpointer, restored, comparison, is_main)
+  if is_main:  # records of steps no checkpoint holds (an attempt killed before saving them)
+    moved = logging_lib.set_aside_after(workdir, start_step)
+    if moved:
+      print(f'{moved} metrics.jsonl records after step {start_step} moved to '
+            f'{logging_lib.SUPERSEDED_FILE}')
 
   # Per process: this process's step share of the FLOPs over its own devices' peak
   # (measured outside the job's mesh: it runs on this process's devices only).
   peak, peak_source = flops_lib.peak_flops()
   with jax.set_mesh(mesh):
-    writer = logging_lib.MetricWriter(workdir, tensorboard=config.log.tensorboard, enabled=is_main)
+    writer = logging_lib.MetricWriter(
+        workdir, tensorboard=config.log.tensorboard, enabled=is_main,
+        purge_step=start_step + 1)
+    if comparison is not None:
+      writer.write_config_change(start_step, comparison.changes)
     total_peak = peak * jax.process_count()
     tokens_per_step = config.train.batch_size * config.data.seq_len
     if is_main:
@@ -309,6 +384,7 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
     final_eval: dict[str, float] = {}
     first_loss = final_loss = None
     final_source_loss: dict[str, float] = {}
+    unsaved: list[int] = []
     window_start = time.perf_counter()
     run_start = time.perf_counter()
     step = start_step
@@ -316,6 +392,7 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
                     disable=not (show_progress and is_main), dynamic_ncols=True)
     try:
       while step < config.train.steps:
+        checkpointer.raise_if_save_failed()  # a failed save stops the run here, not later
         local_batch = next(iterator)
         data_counts.add(local_batch)  # pops the count keys: they stay on the host
         window_images += float(np.sum(local_batch['image_valid'])) * jax.process_count()
@@ -354,7 +431,11 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
         if (config.checkpoint.every and step % config.checkpoint.every == 0) or reason \
             or step == config.train.steps:
           nonfinite_guard.check_all()  # 'stop' never leaves a checkpoint after a bad step
-          checkpointer.save(step, state, iterator, config)
+          if not checkpointer.save(step, state, iterator, config):
+            unsaved.append(step)
+            if is_main and (reason or step == config.train.steps):
+              print(f'warning: the run ends at step {step} without a checkpoint of it; the '
+                    f'latest is {checkpointer.latest_step()}')
         if _eval_due(config, step) and not reason:
           results = _evaluate(config, layout, state, tokenizer, step, workdir, mesh,
                               show_progress=show_progress and is_main)
@@ -377,4 +458,4 @@ def train(config, workdir: str, *, show_progress: bool = True) -> Summary:
                  skipped_by_reason=skip_reasons.as_dict(data_counts.total_skipped),
                  dropped_images_by_reason=skip_reasons.as_dict(data_counts.total_dropped),
                  stopped_early=stop.reason, nonfinite_steps=nonfinite_guard.count,
-                 final_eval=final_eval)
+                 final_eval=final_eval, unsaved_checkpoints=unsaved)

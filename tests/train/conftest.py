@@ -1,7 +1,6 @@
 """Runs shared by the end-to-end training tests: one uninterrupted reference run, and the
 command line that reproduces its config in a subprocess."""
 
-import json
 import os
 import pathlib
 import subprocess
@@ -42,12 +41,10 @@ def train_command(workdir, synthetic_root) -> list[str]:
 
 
 def metric_records(workdir) -> list[dict]:
-  """Every line of metrics.jsonl in order (a resumed run appends its steps again)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.endswith('\n')]
+  """Every complete record of metrics.jsonl in file order (a resumed run first sets aside
+  the records after its checkpoint, so each step appears once)."""
+  from mm1_jax.train import logging_lib
+  return logging_lib.read_records(str(workdir))
 
 
 def wait_for(condition, proc, timeout=240.0, poll=0.002):

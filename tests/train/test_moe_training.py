@@ -15,7 +15,7 @@ from mm1_jax import api
 from mm1_jax.eval.evaluator import module_of
 from mm1_jax.export import from_hf
 from mm1_jax.train import state as state_lib
-from mm1_jax.train import trainer, upcycle
+from mm1_jax.train import logging_lib, trainer, upcycle
 
 pytestmark = pytest.mark.slow
 
@@ -108,8 +108,7 @@ def test_training_from_the_upcycled_checkpoint_lowers_the_loss(upcycled, synthet
   config.mesh.update(data=-1, expert=2)  # experts sharded: 4 per shard, rows over all 8
   summary = trainer.train(config, moe_dir, show_progress=False)
   assert summary.start_step == 0 and summary.steps == TRAIN_STEPS  # resumed checkpoint 0
-  with open(os.path.join(moe_dir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f]
+  records = [r for r in logging_lib.read_steps(moe_dir).values() if 'loss' in r]
   first, last = records[0], records[-1]
   print('tiny_moe from upcycled dense: ' + '; '.join(
       f"step {r['step']} loss {r['loss']:.3f} load max/min {r['moe/expert_load_max']:.2f}/"

@@ -1,15 +1,18 @@
 """End to end: train a few steps, write everything a run leaves, resume exactly."""
 
+import errno
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from mm1_jax.train import trainer
+from mm1_jax.train import checkpoint as checkpoint_lib
+from mm1_jax.train import logging_lib, trainer
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +20,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _losses(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return {r['step']: r for r in map(json.loads, f)}
+  return logging_lib.read_steps(workdir)
 
 
 def test_run_leaves_the_workdir_of_the_design(smoke_run):
@@ -78,3 +80,69 @@ def test_cli_reports_a_bad_config_value(tmp_path):
       capture_output=True, text=True, cwd=REPO_ROOT)
   assert result.returncode == 2
   assert 'config.model.connector.kind' in result.stderr
+
+
+def _fingerprint(directory) -> dict[str, bytes]:
+  return {os.path.relpath(os.path.join(root, name), directory):
+          pathlib.Path(root, name).read_bytes()
+          for root, _, files in os.walk(directory) for name in files}
+
+
+def test_resume_passes_over_a_corrupt_checkpoint_and_records_a_changed_length(
+    tmp_path, smoke_run, capsys):
+  config, smoke_dir, _ = smoke_run
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(smoke_dir, workdir)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  for root, _, files in os.walk(os.path.join(checkpoints, '6', 'state')):
+    for name in files:  # garbage where the arrays are
+      if os.sep + 'd' + os.sep in os.path.join(root, name):
+        pathlib.Path(root, name).write_bytes(b'\x00garbage\xff' * 4)
+  bad_files = _fingerprint(os.path.join(checkpoints, '6'))
+  longer = config.copy_and_resolve_references()
+  longer.train.steps = 8
+
+  summary = trainer.train(longer, workdir, show_progress=False)
+  out = capsys.readouterr().out
+  assert 'warning: checkpoint 6 is unreadable (' in out and 'restored 3 instead' in out
+  assert f'Resuming from {checkpoints}/3' in out
+  assert 'train.steps 6 -> 8' in out
+  # The bad step is kept byte for byte, never counted, and its number was not saved over.
+  assert _fingerprint(os.path.join(checkpoints, '6')) == bad_files
+  assert summary.start_step == 3 and summary.steps == 8
+  assert summary.checkpoints == [3, 8] and summary.unsaved_checkpoints == [6]
+  # metrics.jsonl: each step once, the config change at the resumed step; the first
+  # attempt's steps 4-6 are set aside, not lost.
+  records = logging_lib.read_records(workdir)
+  assert [r['step'] for r in records if 'loss' in r] == list(range(1, 9))
+  assert [r for r in records if 'config_change' in r] == [
+      {'step': 3, 'config_change': {'train.steps': [6, 8]}}]
+  superseded = [json.loads(line) for line in
+                open(os.path.join(workdir, logging_lib.SUPERSEDED_FILE))]
+  assert [r['step'] for r in superseded] == [4, 5, 6]
+  # Restored exactly at 3 (parameters, optimizer, data position): step 4 as before.
+  assert records[4]['step'] == 4 and records[4]['loss'] == superseded[0]['loss']
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['train']['steps'] == 8  # written once the restore succeeded
+
+
+def test_failed_save_stops_the_run_at_the_next_step(tmp_path, smoke_run, monkeypatch):
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler
+  config, smoke_dir, _ = smoke_run
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(smoke_dir, workdir)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  shutil.rmtree(os.path.join(checkpoints, '6'))  # this copy resumes from 3
+  sparser = config.copy_and_resolve_references()
+  sparser.checkpoint.every = 2  # saves 4 (fails in the background), then 6
+
+  async def full_disk(self, x, directory):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, '_save_fn', full_disk)
+  with pytest.raises(checkpoint_lib.CheckpointSaveError,
+                     match='checkpoint 4 could not be written: OSError: .*No space left'):
+    trainer.train(sparser, workdir, show_progress=False)
+  steps = [r['step'] for r in logging_lib.read_records(workdir) if 'loss' in r]
+  assert steps[-1] in (4, 5)  # stopped at the step after the failed save, not at the next save
+  assert sorted(os.listdir(checkpoints)) == ['3']  # the temporary directory is gone
