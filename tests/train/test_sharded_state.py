@@ -143,7 +143,8 @@ def test_checkpoint_killed_mid_save_is_never_restored(tmp_path, fsdp8):
   config, _, layout, state = fsdp8
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=3, use_async=False)
   checkpointer.save(1, state, config=config)
-  changed = dict(state, step=state['step'] + 1)
+  # Step 2 differs from step 1 in every value, so restoring the wrong step shows.
+  changed = jax.tree.map(lambda x: x + 1, state)
   checkpointer.save(2, changed, config=config)
   checkpointer.close()
   # What a save of step 3 killed half-way leaves: Orbax's temporary directory, with files
@@ -161,7 +162,7 @@ def test_checkpoint_killed_mid_save_is_never_restored(tmp_path, fsdp8):
   assert reopened.all_steps() == [1, 2]
   restored = reopened.restore(2, layout.abstract)
   assert int(restored['step']) == int(changed['step'])
-  _assert_same_values(restored['params'], state['params'])
+  _assert_same_values(restored, changed)
   reopened.close()
 
 
