@@ -49,18 +49,34 @@ def test_loss_decreases_over_a_few_steps(smoke_run):
   assert records[config.train.steps]['loss'] < records[1]['loss']
 
 
-def test_interrupted_run_resumes_with_identical_losses(tmp_path, smoke_run):
+def test_interrupted_run_resumes_with_identical_losses(tmp_path, smoke_run, monkeypatch):
   config, straight_dir, _ = smoke_run
   workdir = str(tmp_path / 'interrupted')
-  first = config.copy_and_resolve_references()
-  first.train.max_runtime = 1e-9  # stop (and checkpoint) right after the first step
-  summary = trainer.train(first, workdir, show_progress=False)
-  assert summary.stopped_early == 'train.max_runtime'
-  assert summary.steps == 1 and summary.checkpoints == [1]
+
+  class StopAfterThreeSteps(trainer._StopFlag):  # pylint: disable=protected-access
+    """As a preemption after step 3: the warm-up has by then moved the parameters."""
+    steps = 0
+
+    def check(self):
+      StopAfterThreeSteps.steps += 1
+      if StopAfterThreeSteps.steps == 3:
+        self.reason = 'SIGTERM'
+      return super().check()
+
+  with monkeypatch.context() as patch:
+    patch.setattr(trainer, '_StopFlag', StopAfterThreeSteps)
+    summary = trainer.train(config, workdir, show_progress=False)
+  assert summary.stopped_early == 'SIGTERM'
+  assert summary.steps == 3 and summary.checkpoints == [3]
+  first_leg = _losses(workdir)
+  # Steps 2 and 3 ran at a non-zero learning rate: checkpoint 3 holds moved parameters, so
+  # a resume that re-initialised them (or the optimizer state) would change every loss after.
+  assert max(first_leg[step]['lr'] for step in (2, 3)) > 0
+  assert all(first_leg[step]['grad_norm'] > 0 for step in (2, 3))
   resumed = trainer.train(config, workdir, show_progress=False)
-  assert resumed.start_step == 1 and resumed.steps == config.train.steps
+  assert resumed.start_step == 3 and resumed.steps == config.train.steps
   want, got = _losses(straight_dir), _losses(workdir)
-  for step in range(2, config.train.steps + 1):
+  for step in range(1, config.train.steps + 1):
     assert got[step]['loss'] == want[step]['loss'], step
 
 
